@@ -1,0 +1,322 @@
+//! Reading through a consumer group.
+//!
+//! A [`Consumer`] is one named member of a group. On start it first re-reads its
+//! own pending entries (those delivered to this name before and never
+//! acknowledged: `XREADGROUP ... 0`), so a consumer restarted under the same name
+//! resumes its work; then it reads new entries (`>`).
+//!
+//! Two ways to read:
+//! - [`Consumer::next_batch`]: the reference package's semantics: returns when
+//!   `batch_size` entries are collected or `max_wait` has passed, whichever is first.
+//! - [`Consumer::read`]: returns as soon as anything is available (what a
+//!   low-latency worker wants).
+//!
+//! The blocking reads use a connection of their own, so they never delay the
+//! acknowledgements sent on the shared connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::connection::{Client, Connection};
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+use crate::group;
+use crate::id::{EntryId, StartId};
+use crate::keys;
+use crate::reply;
+
+/// Settings of a [`Consumer`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// Most entries one read returns.
+    pub batch_size: usize,
+    /// How long [`Consumer::next_batch`] waits to fill a batch.
+    pub max_wait: Duration,
+    /// Where the group starts when this consumer creates it.
+    pub start: StartId,
+    /// Create the group (and stream) if missing. When false, a missing group is
+    /// a `NoGroup` error.
+    pub create_group: bool,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            batch_size: 10,
+            max_wait: Duration::from_secs(2),
+            start: StartId::Beginning,
+            create_group: true,
+        }
+    }
+}
+
+/// One named member of a consumer group.
+pub struct Consumer {
+    /// For XACK and friends; shared with whoever else uses the client's connection.
+    shared: Connection,
+    /// For blocking reads only (see the module docs).
+    blocking: Connection,
+    stream: Arc<str>,
+    group: String,
+    name: String,
+    options: ConsumerOptions,
+    /// While `Some`, the consumer is still re-reading its own pending entries,
+    /// from after this id.
+    pending_cursor: Option<EntryId>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Joins `group` on `stream` as `name`, creating the group if allowed, with a
+    /// blocking connection of its own.
+    pub async fn new(
+        client: &Client,
+        stream: &str,
+        group: &str,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Consumer> {
+        let shared = client.connect().await?;
+        Self::with_shared(client, shared, stream, group, name, options).await
+    }
+
+    /// Like [`Consumer::new`], reusing an existing shared connection.
+    pub async fn with_shared(
+        client: &Client,
+        mut shared: Connection,
+        stream: &str,
+        group: &str,
+        name: &str,
+        options: ConsumerOptions,
+    ) -> Result<Consumer> {
+        keys::validate_name("stream", stream)?;
+        keys::validate_name("group", group)?;
+        keys::validate_name("consumer", name)?;
+        if options.batch_size == 0 {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidInput,
+                "batch size must be at least 1",
+            ));
+        }
+        if options.create_group {
+            group::create_group(&mut shared, stream, group, options.start).await?;
+        }
+        let blocking = client.connect_blocking(options.max_wait).await?;
+        Ok(Consumer {
+            shared,
+            blocking,
+            stream: stream.into(),
+            group: group.to_owned(),
+            name: name.to_owned(),
+            options,
+            pending_cursor: Some(EntryId::ZERO),
+        })
+    }
+
+    /// The stream read from.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// This consumer's name in the group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    /// Whether the consumer is still re-reading entries delivered to its name
+    /// before (and not yet acknowledged).
+    pub fn is_recovering(&self) -> bool {
+        self.pending_cursor.is_some()
+    }
+
+    /// Returns up to `batch_size` entries: when that many are collected, or when
+    /// `max_wait` has passed (possibly with none). Own pending entries come first
+    /// and are returned without waiting.
+    pub async fn next_batch(&mut self) -> Result<Vec<Entry>> {
+        let batch = self.options.batch_size;
+        if self.pending_cursor.is_some() {
+            let own = self.read_own_pending(batch).await?;
+            if !own.is_empty() {
+                return Ok(own);
+            }
+        }
+        let deadline = Instant::now() + self.options.max_wait;
+        let mut out = Vec::with_capacity(batch);
+        while out.len() < batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = if left < Duration::from_millis(1) {
+                // One last non-blocking look, so a full backlog is never missed.
+                self.read_new(batch - out.len(), None).await?
+            } else {
+                self.read_new(batch - out.len(), Some(left)).await?
+            };
+            let empty = got.is_empty();
+            out.extend(got);
+            if left < Duration::from_millis(1) || (empty && Instant::now() >= deadline) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns up to `count` entries as soon as any are available, waiting up to
+    /// `block` (no waiting with `None`). Own pending entries come first.
+    pub async fn read(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<Entry>> {
+        if self.pending_cursor.is_some() {
+            let own = self.read_own_pending(count).await?;
+            if !own.is_empty() {
+                return Ok(own);
+            }
+        }
+        self.read_new(count, block).await
+    }
+
+    /// Re-reads entries already delivered to this consumer and not acknowledged.
+    /// Entries deleted from the stream meanwhile come back with no fields.
+    async fn read_own_pending(&mut self, count: usize) -> Result<Vec<Entry>> {
+        let Some(cursor) = self.pending_cursor else {
+            return Ok(Vec::new());
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(cursor);
+        let v: Value = cmd
+            .query_async(&mut self.shared)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        let entries = reply::read_one(&self.stream, v)?;
+        match entries.last() {
+            Some(last) => self.pending_cursor = Some(last.id),
+            None => self.pending_cursor = None,
+        }
+        Ok(entries)
+    }
+
+    async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<Entry>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count.max(1));
+        if let Some(block) = block {
+            // BLOCK 0 would mean "forever": never send less than 1 ms.
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&*self.stream).arg(">");
+        let conn = if block.is_some() {
+            &mut self.blocking
+        } else {
+            &mut self.shared
+        };
+        let v: Value = cmd
+            .query_async(conn)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        reply::read_one(&self.stream, v)
+    }
+
+    fn read_error(&self, e: redis::RedisError) -> Error {
+        Error::redis(
+            format!(
+                "cannot read stream {:?} as consumer {:?} of group {:?}",
+                self.stream, self.name, self.group
+            ),
+            e,
+        )
+    }
+
+    /// Acknowledges entries: they leave the group's pending list. One XACK for all
+    /// ids. Returns how many were pending.
+    pub async fn ack(&self, ids: &[EntryId]) -> Result<u64> {
+        ack(&mut self.shared.clone(), &self.stream, &self.group, ids).await
+    }
+
+    /// Acknowledges entries and deletes them from the stream, atomically
+    /// (MULTI/EXEC). Only for streams that have this one group: other groups
+    /// would lose entries they have not read yet.
+    pub async fn ack_and_delete(&self, ids: &[EntryId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XACK")
+            .arg(&*self.stream)
+            .arg(&self.group)
+            .arg(ids);
+        pipe.cmd("XDEL").arg(&*self.stream).arg(ids);
+        let (acked, _deleted): (u64, u64) = pipe
+            .query_async(&mut self.shared.clone())
+            .await
+            .map_err(|e| {
+                Error::redis(
+                    format!("cannot ack and delete entries of {:?}", self.stream),
+                    e,
+                )
+            })?;
+        Ok(acked)
+    }
+}
+
+/// `XACK stream group id...`; returns how many of the ids were pending.
+pub async fn ack(conn: &mut Connection, stream: &str, group: &str, ids: &[EntryId]) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    redis::cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(ids)
+        .query_async(conn)
+        .await
+        .map_err(|e| {
+            Error::redis(
+                format!("cannot acknowledge entries of {stream:?} for group {group:?}"),
+                e,
+            )
+        })
+}
+
+/// A consumer name that is unique per process: `<hostname>-<pid>`.
+///
+/// A consumer that restarts under the same name takes back its own pending
+/// entries at once; a new name leaves them to the reclaim of idle entries.
+pub fn default_consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "consumer".to_owned());
+    format!("{host}-{}", std::process::id())
+}

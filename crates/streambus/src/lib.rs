@@ -1,0 +1,72 @@
+//! streambus: a reliable event bus on Redis Streams.
+//!
+//! Publish events to named streams; read them through consumer groups; nothing is
+//! lost: an entry leaves a group only when it is acknowledged.
+//!
+//! ```no_run
+//! use streambus::{Client, Consumer, ConsumerOptions, Message, Producer, ProducerOptions};
+//!
+//! # async fn run() -> streambus::Result<()> {
+//! let client = Client::open("redis://127.0.0.1:6379")?;
+//! let producer = Producer::new(client.connect().await?, ProducerOptions::default());
+//! producer
+//!     .publish("aurora:alerts", Message::json(&serde_json::json!({"severity": "high"}))?)
+//!     .await?;
+//!
+//! let mut consumer = Consumer::new(
+//!     &client,
+//!     "aurora:alerts",
+//!     "alert-processor",
+//!     "worker-1",
+//!     ConsumerOptions::default(),
+//! )
+//! .await?;
+//! let batch = consumer.next_batch().await?;
+//! for entry in &batch {
+//!     if let Some(envelope) = entry.envelope()? {
+//!         println!("{} {}", envelope.id, envelope.data);
+//!     }
+//! }
+//! let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+//! consumer.ack(&ids).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`connection`]: [`Client`] (where Redis is: one server or a cluster) and
+//!   [`Connection`]s by role (shared, or one per blocking reader).
+//! - [`envelope`]: the wire format ([`Message`] to publish, [`Envelope`] decoded).
+//! - [`entry`]: what reads return ([`Entry`] with its raw [`Fields`]).
+//! - [`id`]: typed stream ids ([`EntryId`], [`StartId`]).
+//! - [`producer`]: [`Producer`], pipelined XADD with trimming ([`Retention`]).
+//! - [`consumer`]: [`Consumer`], group reads and acknowledgements.
+//! - [`group`]: create, destroy and list consumer groups.
+//! - [`keys`]: every key name streambus builds (dead letters, hash tags).
+//! - [`config`]: parsers for durations and sizes.
+//! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used))]
+
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod entry;
+pub mod envelope;
+pub mod error;
+pub mod group;
+pub mod id;
+pub mod keys;
+pub mod producer;
+mod reply;
+
+pub use connection::{Client, ConnectOptions, Connection};
+pub use consumer::{Consumer, ConsumerOptions};
+pub use entry::{Entry, Fields};
+pub use envelope::{Envelope, Message};
+pub use error::{Error, ErrorKind, Result};
+pub use id::{EntryId, StartId};
+pub use producer::{Producer, ProducerOptions, Retention};

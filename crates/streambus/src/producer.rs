@@ -1,0 +1,317 @@
+//! Publishing: one XADD per message, trimming included, pipelined.
+//!
+//! [`Producer::publish`] may be called from many tasks at once: calls are queued
+//! to one sender task that writes whatever has gathered as one explicit pipeline
+//! (measured here: many concurrent XADD futures on one connection reach about a
+//! third of what explicit pipelines do). [`Producer::publish_batch`] pipelines a
+//! batch the caller already has.
+//!
+//! A publish that fails with a retryable error may or may not have been written:
+//! retrying it can write it twice. Every envelope carries a unique `id` so that
+//! consumers can drop such duplicates (see the idempotency guard of the worker).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::connection::Connection;
+use crate::envelope::Message;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::EntryId;
+use crate::keys;
+
+/// How much of a stream to keep. Trimming is part of each XADD, never a second
+/// command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// Never trim.
+    #[default]
+    Unbounded,
+    /// Keep about `len` entries (`MAXLEN ~ len`; exact with `exact: true`, which
+    /// costs more: Redis then trims entry by entry instead of whole nodes).
+    MaxLen {
+        /// Entries to keep.
+        len: u64,
+        /// Trim to exactly `len` instead of approximately.
+        exact: bool,
+    },
+    /// Keep about this much time (`MINID ~ <now - age>`).
+    MaxAge(Duration),
+}
+
+impl Retention {
+    /// `MAXLEN ~ len`: approximate trimming to about `len` entries.
+    pub fn max_len(len: u64) -> Self {
+        Retention::MaxLen { len, exact: false }
+    }
+
+    fn write_args(&self, cmd: &mut redis::Cmd, now: SystemTime) {
+        match *self {
+            Retention::Unbounded => {}
+            Retention::MaxLen { len, exact } => {
+                cmd.arg("MAXLEN")
+                    .arg(if exact { "=" } else { "~" })
+                    .arg(len);
+            }
+            Retention::MaxAge(age) => {
+                let cutoff = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+                cmd.arg("MINID").arg("~").arg(EntryId::at_time(cutoff));
+            }
+        }
+    }
+}
+
+/// Settings of a [`Producer`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProducerOptions {
+    /// Trimming done by every XADD.
+    pub retention: Retention,
+    /// Largest message (bytes of field names and values) accepted; larger ones are
+    /// refused before anything is sent. Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Most messages written in one pipeline by the sender task.
+    pub max_pipeline: usize,
+    /// Publish calls that may wait for the sender task before `publish` itself
+    /// waits (back-pressure instead of unbounded memory).
+    pub queue_capacity: usize,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        ProducerOptions {
+            retention: Retention::Unbounded,
+            max_message_bytes: 1024 * 1024,
+            max_pipeline: 512,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+struct Job {
+    stream: Arc<str>,
+    message: Message,
+    reply: oneshot::Sender<Result<EntryId>>,
+}
+
+/// Publishes messages to streams. Cheap to clone; clones share the sender task.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    options: ProducerOptions,
+    queue: mpsc::Sender<Job>,
+    /// The sender task ends with the last clone of the producer.
+    _sender: AbortOnDropHandle<()>,
+}
+
+impl Producer {
+    /// A producer on the shared connection (from [`crate::Client::connect`]).
+    pub fn new(conn: Connection, options: ProducerOptions) -> Self {
+        let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let sender = tokio::spawn(sender_task(
+            conn.clone(),
+            options.retention,
+            options.max_pipeline.max(1),
+            rx,
+        ));
+        Producer {
+            inner: Arc::new(Inner {
+                conn,
+                options,
+                queue,
+                _sender: AbortOnDropHandle::new(sender),
+            }),
+        }
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ProducerOptions {
+        &self.inner.options
+    }
+
+    /// Appends one message to `stream` and returns its entry id.
+    ///
+    /// Concurrent calls are written together as one pipeline. Fails with
+    /// `TooLarge` (nothing written) when the message exceeds the size limit.
+    pub async fn publish(&self, stream: &str, message: Message) -> Result<EntryId> {
+        self.check(stream, &message)?;
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            stream: stream.into(),
+            message,
+            reply,
+        };
+        self.inner.queue.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Appends many messages to `stream` in pipelines and returns their entry ids
+    /// in order. Every message is checked first: if one is too large, none is sent.
+    pub async fn publish_batch(
+        &self,
+        stream: &str,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<EntryId>> {
+        let messages: Vec<Message> = messages.into_iter().collect();
+        for m in &messages {
+            self.check(stream, m)?;
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut conn = self.inner.conn.clone();
+        for chunk in messages.chunks(self.inner.options.max_pipeline.max(1)) {
+            let now = SystemTime::now();
+            let mut pipe = redis::pipe();
+            for m in chunk {
+                pipe.add_command(xadd(stream, m, self.inner.options.retention, now));
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| Error::redis(format!("XADD to {stream} failed"), e))?;
+            for r in replies {
+                ids.push(entry_id(stream, r)?);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn check(&self, stream: &str, message: &Message) -> Result<()> {
+        keys::validate_name("stream", stream)?;
+        if message.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a message needs at least one field",
+            ));
+        }
+        let size = message.byte_len();
+        let limit = self.inner.options.max_message_bytes;
+        if size > limit {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("message of {size} bytes exceeds the limit of {limit} bytes; nothing was written (raise max_message_bytes, or store large payloads elsewhere and publish a reference)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn stopped() -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        "the producer's sender task has stopped",
+    )
+}
+
+fn xadd(stream: &str, message: &Message, retention: Retention, now: SystemTime) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream);
+    retention.write_args(&mut cmd, now);
+    cmd.arg("*");
+    message.write_args(&mut cmd);
+    cmd
+}
+
+fn entry_id(stream: &str, v: Value) -> Result<EntryId> {
+    match v {
+        Value::BulkString(b) => EntryId::from_bytes(&b),
+        Value::SimpleString(s) => s.parse(),
+        Value::ServerError(e) => Err(Error::redis(
+            format!("XADD to {stream} failed"),
+            redis::RedisError::from(e),
+        )),
+        other => Err(Error::new(
+            ErrorKind::Redis,
+            format!("unexpected XADD reply: {other:?}"),
+        )),
+    }
+}
+
+/// Drains the queue into pipelines: waits for one job, takes whatever else has
+/// queued meanwhile (up to `max_pipeline`), writes them in one round trip.
+async fn sender_task(
+    mut conn: Connection,
+    retention: Retention,
+    max_pipeline: usize,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_pipeline);
+    while rx.recv_many(&mut jobs, max_pipeline).await > 0 {
+        let now = SystemTime::now();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &jobs {
+            pipe.add_command(xadd(&job.stream, &job.message, retention, now));
+        }
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(replies) => {
+                for (job, r) in jobs.drain(..).zip(replies) {
+                    // The caller may have stopped waiting; its result is then unwanted.
+                    let _ = job.reply.send(entry_id(&job.stream, r));
+                }
+            }
+            Err(e) => {
+                for job in jobs.drain(..) {
+                    let err = Error::redis(format!("XADD to {} failed", job.stream), e.clone());
+                    let _ = job.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Arg::Cursor => "<cursor>".into(),
+                _ => "<other>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn xadd_trims_in_the_same_command() {
+        let m = Message::raw([("a", "1")]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        assert_eq!(
+            args(&xadd("s", &m, Retention::max_len(10), now)),
+            ["XADD", "s", "MAXLEN", "~", "10", "*", "a", "1"]
+        );
+        assert_eq!(
+            args(&xadd(
+                "s",
+                &m,
+                Retention::MaxLen {
+                    len: 5,
+                    exact: true
+                },
+                now
+            )),
+            ["XADD", "s", "MAXLEN", "=", "5", "*", "a", "1"]
+        );
+        assert_eq!(
+            args(&xadd(
+                "s",
+                &m,
+                Retention::MaxAge(Duration::from_secs(40)),
+                now
+            )),
+            ["XADD", "s", "MINID", "~", "60000-0", "*", "a", "1"]
+        );
+        assert_eq!(
+            args(&xadd("s", &m, Retention::Unbounded, now)),
+            ["XADD", "s", "*", "a", "1"]
+        );
+    }
+}
