@@ -24,7 +24,6 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// How connections are made and how long they wait.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct ConnectOptions {
     /// Time allowed to open a TCP (and TLS) connection and authenticate.
     pub connect_timeout: Duration,

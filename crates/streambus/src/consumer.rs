@@ -30,7 +30,6 @@ use crate::reply;
 
 /// Settings of a [`Consumer`].
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct ConsumerOptions {
     /// Most entries one read returns.
     pub batch_size: usize,

@@ -44,6 +44,7 @@
 //! - [`consumer`]: [`Consumer`], group reads and acknowledgements.
 //! - [`group`]: create, destroy and list consumer groups.
 //! - [`keys`]: every key name streambus builds (dead letters, hash tags).
+//! - [`metrics`]: metric names (Prometheus-style) recorded through the `metrics` facade.
 //! - [`config`]: parsers for durations and sizes.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
 
@@ -60,6 +61,7 @@ pub mod error;
 pub mod group;
 pub mod id;
 pub mod keys;
+pub mod metrics;
 pub mod producer;
 mod reply;
 

@@ -66,7 +66,6 @@ impl Retention {
 
 /// Settings of a [`Producer`].
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct ProducerOptions {
     /// Trimming done by every XADD.
     pub retention: Retention,
