@@ -1,1 +1,124 @@
-fn main() {}
+//! `streambus`: the command line of the streambus event bus.
+//!
+//! `main` only builds the runtime and turns the outcome of [`run`] into an exit
+//! code: 0 on success (and when stdout is closed early, as in
+//! `streambus tail S | head -1`), 1 with one `error: ...` line on stderr
+//! otherwise, 2 for usage errors (clap's own code).
+//!
+//! # Layout
+//!
+//! - [`cli`]: the arguments (clap derive).
+//! - [`cmd`]: one module per command.
+//! - [`output`]: the buffered JSON-line writer over stdout.
+//! - [`read`]: plain (group-less) stream reads for `tail`.
+//! - [`shutdown`]: Ctrl-C / SIGTERM.
+
+use std::process::ExitCode;
+
+mod cli;
+mod cmd;
+mod output;
+mod read;
+mod shutdown;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse_or_exit();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(cmd::run(cli));
+    // A read of stdin may still sit in a blocking thread; do not wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): that is how such a
+        // pipeline ends, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` wins when set. Logs go to
+/// stderr, so stdout stays machine-readable.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The whole cause chain on one line, joined with ": ".
+///
+/// A `streambus::Error` already states its cause (the Redis error text) in its
+/// message, so the chain stops there instead of repeating it in redis-rs' words;
+/// a cause whose text is already on the line is skipped for the same reason.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(text.as_str()) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        if cause.downcast_ref::<streambus::Error>().is_some() {
+            break;
+        }
+    }
+    // One line, whatever the causes contain.
+    line.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn error_line_joins_and_stops_at_library_errors() {
+        let lib =
+            streambus::Error::new(streambus::ErrorKind::Connection, "cannot connect: refused")
+                .with_source(std::io::Error::other("refused"));
+        let e = Err::<(), _>(lib).context("publishing").unwrap_err();
+        assert_eq!(error_line(&e), "publishing: cannot connect: refused");
+    }
+
+    #[test]
+    fn broken_pipe_is_found_anywhere_in_the_chain() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let e = Err::<(), _>(io).context("writing").unwrap_err();
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

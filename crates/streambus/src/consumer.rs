@@ -145,6 +145,13 @@ impl Consumer {
         &self.options
     }
 
+    /// Skips the re-reading of this consumer's own pending entries, for callers
+    /// that take them back another way (the worker's reclaim loop does, with
+    /// their delivery counts).
+    pub fn skip_own_pending(&mut self) {
+        self.pending_cursor = None;
+    }
+
     /// Whether the consumer is still re-reading entries delivered to its name
     /// before (and not yet acknowledged).
     pub fn is_recovering(&self) -> bool {

@@ -42,6 +42,16 @@
 //! - [`id`]: typed stream ids ([`EntryId`], [`StartId`]).
 //! - [`producer`]: [`Producer`], pipelined XADD with trimming ([`Retention`]).
 //! - [`consumer`]: [`Consumer`], group reads and acknowledgements.
+//! - [`worker`]: [`Worker`], the handler runtime: concurrency, batched acks,
+//!   retries with backoff, reclaim, dead letters, graceful shutdown.
+//! - [`handler`]: [`Handler`], [`Delivery`] and the handler's [`Outcome`].
+//! - [`claim`]: the reclaim decisions (pure) and XPENDING/XCLAIM.
+//! - [`dead_letter`]: the dead-letter stream: atomic move, list, replay, purge.
+//! - [`backoff`]: exponential [`Backoff`] with jitter (pure).
+//! - [`monitor`]: stream/group/consumer snapshots ([`StreamSnapshot`], consumer
+//!   [`Status`]) and the safe [`cleanup`](monitor::cleanup) of dead consumers.
+//! - [`scaler`]: the reference IN/OUT/NO_SCALE rule and the throughput
+//!   [`Advisor`] (pure decisions).
 //! - [`group`]: create, destroy and list consumer groups.
 //! - [`keys`]: every key name streambus builds (dead letters, hash tags).
 //! - [`metrics`]: metric names (Prometheus-style) recorded through the `metrics` facade.
@@ -52,23 +62,37 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used))]
 
+pub mod backoff;
+pub mod claim;
 pub mod config;
 pub mod connection;
 pub mod consumer;
+pub mod dead_letter;
 pub mod entry;
 pub mod envelope;
 pub mod error;
 pub mod group;
+pub mod handler;
 pub mod id;
 pub mod keys;
 pub mod metrics;
+pub mod monitor;
 pub mod producer;
 mod reply;
+pub mod scaler;
+pub mod worker;
 
+pub use backoff::Backoff;
 pub use connection::{Client, ConnectOptions, Connection};
 pub use consumer::{Consumer, ConsumerOptions};
 pub use entry::{Entry, Fields};
 pub use envelope::{Envelope, Message};
 pub use error::{Error, ErrorKind, Result};
+pub use handler::{Delivery, Handler, Outcome};
 pub use id::{EntryId, StartId};
+pub use monitor::{CleanupOptions, CleanupReport, Monitor, MonitorOptions, Status, StreamSnapshot};
 pub use producer::{Producer, ProducerOptions, Retention};
+pub use scaler::{Advice, Advisor, AdvisorConfig, Sample, Suggestion};
+/// The cancellation token that stops a [`Worker`] (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{Worker, WorkerOptions, WorkerReport};

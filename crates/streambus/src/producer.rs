@@ -167,6 +167,9 @@ impl Producer {
         for chunk in messages.chunks(self.inner.options.max_pipeline.max(1)) {
             let now = SystemTime::now();
             let mut pipe = redis::pipe();
+            // Per-reply errors, so that WRONGTYPE & co. are classified like a
+            // single publish's.
+            pipe.ignore_errors();
             for m in chunk {
                 pipe.add_command(xadd(stream, m, self.inner.options.retention, now));
             }

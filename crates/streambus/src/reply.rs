@@ -72,7 +72,12 @@ pub(crate) fn entry(stream: &Arc<str>, v: Value) -> Result<Entry> {
 /// A list of entries (`XRANGE`, the entry list of one stream in `XREAD`).
 pub(crate) fn entries(stream: &Arc<str>, v: Value) -> Result<Vec<Entry>> {
     match v {
-        Value::Array(items) => items.into_iter().map(|e| entry(stream, e)).collect(),
+        // XCLAIM may answer `nil` in place of an entry deleted meanwhile.
+        Value::Array(items) => items
+            .into_iter()
+            .filter(|e| !matches!(e, Value::Nil))
+            .map(|e| entry(stream, e))
+            .collect(),
         Value::Nil => Ok(Vec::new()),
         _ => Err(bad("entry list is not an array")),
     }
