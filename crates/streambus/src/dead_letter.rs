@@ -43,7 +43,7 @@ pub const METADATA_FIELDS: [&str; 6] = [
     "source_stream",
 ];
 
-/// What [`move_entry`] did.
+/// What `move_entry` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MoveResult {
     /// Moved to the dead-letter stream and acknowledged.

@@ -266,14 +266,9 @@ impl Worker {
 
         let flush_stop = CancellationToken::new();
         let flusher = tokio::spawn(shared.clone().ack_flusher(ack_rx, flush_stop.clone()));
-        let reclaimer = tokio::spawn(shared.clone().reclaim_loop(shutdown.clone()));
-
         shared.read_loop(&mut consumer, &shutdown).await;
 
         // Shutdown: no more reads or claims; let handlers finish within the grace.
-        if let Err(e) = reclaimer.await {
-            error!(error = %e, "reclaim loop ended abnormally");
-        }
         shared.tasks.close();
         let mut unfinished = 0;
         if tokio::time::timeout(o.shutdown_grace, shared.tasks.wait())
@@ -358,8 +353,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<H: Handler> Shared<H> {
+    /// Reads new entries and, every `reclaim_interval`, reclaims due pending ones,
+    /// with the same permits: a read holds its permits while it blocks, so the
+    /// reclaim pass runs between reads, and a read blocks no longer than until the
+    /// next pass is due.
     async fn read_loop(self: &Arc<Self>, consumer: &mut Consumer, shutdown: &CancellationToken) {
         let o = &self.options;
+        let policy = ClaimPolicy {
+            visibility_timeout: o.visibility_timeout,
+            backoff: o.retry_backoff,
+            max_deliveries: o.max_deliveries,
+        };
+        let mut reclaim = ReclaimCursor {
+            next_at: Instant::now(),
+            from: None,
+            first_pass: true,
+        };
         let mut failures: u32 = 0;
         let mut jitter = Jitter::new();
         loop {
@@ -378,11 +387,19 @@ impl<H: Handler> Shared<H> {
                     Err(_) => break,
                 }
             }
+            if Instant::now() >= reclaim.next_at {
+                self.reclaim_step(&policy, &mut reclaim, &mut permits).await;
+                if permits.is_empty() {
+                    continue;
+                }
+            }
+            let until_reclaim = reclaim.next_at.saturating_duration_since(Instant::now());
+            let block = o.block.min(until_reclaim).max(Duration::from_millis(1));
             // On shutdown the read is abandoned; entries it may have delivered stay
             // pending under this consumer's name and are taken back by the next run
             // (at once under the same name, else after the visibility timeout).
             let read = tokio::select! {
-                r = consumer.read(permits.len(), Some(o.block)) => r,
+                r = consumer.read(permits.len(), Some(block)) => r,
                 _ = shutdown.cancelled() => return,
             };
             match read {
@@ -422,16 +439,45 @@ impl<H: Handler> Shared<H> {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = o
-                        .reconnect_backoff
-                        .delay_with_jitter(failures, jitter.next_unit());
-                    warn!(error = %e, attempt = failures, retry_in = ?delay, "read failed; retrying");
+                    warn!(error = %e, attempt = failures, "read failed; retrying");
                     if !self.pause(failures, &mut jitter, shutdown).await {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// One reclaim page; schedules the next one (at once while the pending list
+    /// has more pages, else after `reclaim_interval`).
+    async fn reclaim_step(
+        self: &Arc<Self>,
+        policy: &ClaimPolicy,
+        cursor: &mut ReclaimCursor,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+    ) {
+        let page_size = (self.options.batch_size * 2).max(64);
+        match self
+            .reclaim_page(policy, cursor.from, page_size, cursor.first_pass, permits)
+            .await
+        {
+            Ok(Some(last)) => cursor.from = Some(last.next()),
+            Ok(None) => {
+                cursor.from = None;
+                cursor.first_pass = false;
+            }
+            Err(e) => {
+                // NOGROUP is handled by the read that follows; anything else is
+                // retried by the next pass.
+                debug!(error = %e, "reclaim scan failed");
+                cursor.from = None;
+            }
+        }
+        cursor.next_at = if cursor.from.is_some() && !permits.is_empty() {
+            Instant::now()
+        } else {
+            Instant::now() + self.options.reclaim_interval
+        };
     }
 
     /// Sleeps the reconnect backoff; false if shut down meanwhile.
@@ -731,46 +777,6 @@ impl<H: Handler> Shared<H> {
         }
     }
 
-    /// Scans the pending list periodically, claims what is due, dead-letters what
-    /// has been delivered too often.
-    async fn reclaim_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let o = &self.options;
-        let policy = ClaimPolicy {
-            visibility_timeout: o.visibility_timeout,
-            backoff: o.retry_backoff,
-            max_deliveries: o.max_deliveries,
-        };
-        let page_size = (o.batch_size * 2).max(64);
-        let mut cursor: Option<EntryId> = None;
-        let mut first_pass = true;
-        loop {
-            match self
-                .reclaim_page(&policy, cursor, page_size, first_pass)
-                .await
-            {
-                Ok(Some(last)) => cursor = Some(last.next()),
-                Ok(None) => {
-                    cursor = None;
-                    first_pass = false;
-                }
-                Err(e) if e.kind() == ErrorKind::NoGroup => cursor = None,
-                Err(e) => {
-                    debug!(error = %e, "reclaim scan failed; the next one retries");
-                    cursor = None;
-                }
-            }
-            // Continue at once through a long pending list; else wait.
-            if cursor.is_none() {
-                tokio::select! {
-                    _ = tokio::time::sleep(o.reclaim_interval) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            } else if shutdown.is_cancelled() {
-                return;
-            }
-        }
-    }
-
     /// One page of the pending list; returns the last id seen if the page was
     /// full (there may be more), `None` at the end.
     async fn reclaim_page(
@@ -779,6 +785,7 @@ impl<H: Handler> Shared<H> {
         cursor: Option<EntryId>,
         page_size: usize,
         first_pass: bool,
+        permits: &mut Vec<OwnedSemaphorePermit>,
     ) -> Result<Option<EntryId>> {
         let o = &self.options;
         let min_scan = if first_pass {
@@ -822,11 +829,11 @@ impl<H: Handler> Shared<H> {
                 }
             }
         }
-        // Claim only as many as there are free permits for; the rest stay due.
+        // Claim only as many as there are permits for; the rest stay due.
         let mut by_idle: HashMap<Duration, Vec<(EntryId, u32, OwnedSemaphorePermit)>> =
             HashMap::new();
         for (min_idle, id, deliveries) in to_claim {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Some(permit) = permits.pop() else {
                 break;
             };
             by_idle
@@ -864,6 +871,16 @@ impl<H: Handler> Shared<H> {
         }
         Ok(if full { last } else { None })
     }
+}
+
+/// Where the reclaim scan is in the pending list, and when it runs next.
+struct ReclaimCursor {
+    next_at: Instant,
+    /// Next page starts here; `None`: from the start.
+    from: Option<EntryId>,
+    /// The first full scan after start: own entries are left over from a previous
+    /// run and due at once.
+    first_pass: bool,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
