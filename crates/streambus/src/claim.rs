@@ -274,4 +274,39 @@ mod tests {
             Decision::Skip
         );
     }
+
+    /// Simulates an entry that fails on every delivery, with the worker's reclaim
+    /// scan every 10 ms of virtual time: retries come at the backoff's delays and
+    /// the entry is dead-lettered after exactly `max_deliveries`.
+    #[tokio::test(start_paused = true)]
+    async fn retry_schedule_under_virtual_time() {
+        use tokio::time::{advance, Instant};
+        let pol = ClaimPolicy {
+            visibility_timeout: Duration::from_secs(30),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_millis(350)),
+            max_deliveries: 5,
+        };
+        let start = Instant::now();
+        let mut delivered_at = start;
+        let mut entry = p(0, 1);
+        let mut retries = Vec::new();
+        let outcome = loop {
+            advance(Duration::from_millis(10)).await;
+            entry.idle = delivered_at.elapsed();
+            match decide(&entry, &pol, true, false, None, false) {
+                Decision::Skip => {}
+                Decision::Claim { .. } => {
+                    retries.push(delivered_at.elapsed().as_millis());
+                    entry.deliveries += 1;
+                    delivered_at = Instant::now();
+                }
+                d @ Decision::DeadLetter { .. } => break d,
+            }
+        };
+        // Failed deliveries 1..4 wait 100, 200, 350 (capped), 350 ms.
+        assert_eq!(retries, [100, 200, 350, 350]);
+        assert_eq!(entry.deliveries, 5);
+        assert!(matches!(outcome, Decision::DeadLetter { .. }));
+        assert_eq!(start.elapsed().as_millis(), 100 + 200 + 350 + 350 + 350);
+    }
 }

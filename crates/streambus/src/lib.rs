@@ -41,6 +41,7 @@
 //! - [`entry`]: what reads return ([`Entry`] with its raw [`Fields`]).
 //! - [`id`]: typed stream ids ([`EntryId`], [`StartId`]).
 //! - [`producer`]: [`Producer`], pipelined XADD with trimming ([`Retention`]).
+//! - [`read`]: reading without a group (XRANGE, XREVRANGE, XREAD).
 //! - [`consumer`]: [`Consumer`], group reads and acknowledgements.
 //! - [`worker`]: [`Worker`], the handler runtime: concurrency, batched acks,
 //!   retries with backoff, reclaim, dead letters, graceful shutdown.
@@ -78,6 +79,7 @@ pub mod keys;
 pub mod metrics;
 pub mod monitor;
 pub mod producer;
+pub mod read;
 mod reply;
 pub mod scaler;
 pub mod worker;

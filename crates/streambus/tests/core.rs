@@ -536,3 +536,50 @@ async fn wrong_password_is_an_auth_error_that_hides_the_password() {
     let err = Client::open(&no_auth).unwrap().connect().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err:?}");
 }
+
+#[tokio::test]
+async fn plain_reads_do_not_touch_groups() {
+    let (client, conn) = connect().await;
+    let s = format!("{}plain", unique_prefix("read"));
+    let ids = producer(&conn)
+        .publish_batch(&s, (0..10).map(|i| Message::json(&i).unwrap()))
+        .await
+        .unwrap();
+    let mut c = conn.clone();
+    let after: Vec<EntryId> = streambus::read::range_after(&mut c, &s, Some(ids[6]), 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(after, ids[7..]);
+    let tail: Vec<EntryId> = streambus::read::last(&mut c, &s, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(tail, ids[7..]);
+    assert_eq!(
+        streambus::read::last_id(&mut c, &s).await.unwrap(),
+        Some(ids[9])
+    );
+    let mut blocking = client
+        .connect_blocking(Duration::from_millis(50))
+        .await
+        .unwrap();
+    let none = streambus::read::read_after(
+        &mut blocking,
+        &s,
+        ids[9],
+        10,
+        Some(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    assert!(none.is_empty());
+    let some = streambus::read::read_after(&mut blocking, &s, ids[4], 2, None)
+        .await
+        .unwrap();
+    assert_eq!(some.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..7]);
+}
