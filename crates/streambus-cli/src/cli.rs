@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use streambus::config::{parse_bytes, parse_duration};
-use streambus::StartId;
+use streambus::{Backoff, EntryId, StartId};
 
 /// streambus: a reliable event bus on Redis Streams.
 #[derive(Debug, Parser)]
@@ -56,10 +56,13 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print entries of a stream as JSON lines, optionally following new ones.
     Tail(TailArgs),
-    /// Read through a consumer group, print each entry as a JSON line, then acknowledge it.
+    /// Read through a consumer group, print each entry as a JSON line, then
+    /// acknowledge it; or, with --exec, run a command for each entry.
     Consume(ConsumeArgs),
     /// List, create or destroy the consumer groups of a stream.
     Groups(GroupsArgs),
+    /// List, replay or purge the dead letters of a stream.
+    Dlq(DlqArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,13 +151,98 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
     pub max_wait: Duration,
 
-    /// Stop after this many entries (default: run until Ctrl-C).
+    /// Stop after this many entries (default: run until Ctrl-C). With --exec:
+    /// after this many were acknowledged or dead-lettered.
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
 
     /// Where a newly created group starts: 0, $ or an entry id.
     #[arg(long, value_name = "ID|$|0", default_value = "0")]
     pub from: StartId,
+
+    /// Run `sh -c CMD` for each entry instead of printing it: the entry's JSON
+    /// line on its stdin, STREAMBUS_STREAM, STREAMBUS_ENTRY_ID,
+    /// STREAMBUS_DELIVERIES, STREAMBUS_GROUP and STREAMBUS_CONSUMER in its
+    /// environment. Exit 0 acknowledges the entry, 65 (EX_DATAERR)
+    /// dead-letters it at once, anything else (75 EX_TEMPFAIL, other codes, a
+    /// signal) retries it after the backoff, until --max-deliveries.
+    #[arg(long, value_name = "CMD", help_heading = "Running a command (--exec)")]
+    pub exec: Option<String>,
+
+    /// Commands running at the same time [default: 1: each command is a
+    /// process, so more is something to ask for].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "exec",
+        help_heading = "Running a command (--exec)"
+    )]
+    pub concurrency: Option<usize>,
+
+    /// An entry held by another consumer for this long is taken over (its
+    /// consumer is presumed dead). Must exceed the longest command run
+    /// [default: 30s].
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "exec",
+        help_heading = "Running a command (--exec)"
+    )]
+    pub visibility_timeout: Option<Duration>,
+
+    /// Deliveries after which a failing entry is dead-lettered [default: 5].
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "exec",
+        help_heading = "Running a command (--exec)"
+    )]
+    pub max_deliveries: Option<u32>,
+
+    /// Delay before a retry: BASE after the first failure, doubling up to MAX
+    /// (e.g. 1s,5m or 100ms) [default: 1s,5m].
+    #[arg(
+        long,
+        value_name = "BASE[,MAX]",
+        value_parser = parse_backoff,
+        requires = "exec",
+        help_heading = "Running a command (--exec)"
+    )]
+    pub backoff: Option<Backoff>,
+
+    /// Run entries with the same envelope key one at a time, in stream order.
+    #[arg(long, requires = "exec", help_heading = "Running a command (--exec)")]
+    pub ordered_by_key: bool,
+
+    /// On Ctrl-C or SIGTERM, how long running commands may still take; then
+    /// they are killed (with what they started) and their entries stay pending
+    /// [default: 30s].
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "exec",
+        help_heading = "Running a command (--exec)"
+    )]
+    pub grace: Option<Duration>,
+}
+
+/// `BASE[,MAX]`: a doubling backoff. MAX defaults to 5m (or BASE, if larger).
+fn parse_backoff(s: &str) -> Result<Backoff, String> {
+    let (base, max) = match s.split_once(',') {
+        Some((base, max)) => (base, Some(max)),
+        None => (s, None),
+    };
+    let base = parse_duration(base).map_err(|e| e.to_string())?;
+    let max = match max {
+        Some(max) => parse_duration(max).map_err(|e| e.to_string())?,
+        None => Duration::from_secs(300).max(base),
+    };
+    if max < base {
+        return Err(format!("the maximum of backoff {s:?} is below its base"));
+    }
+    Ok(Backoff::new(base, max))
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +267,62 @@ pub struct GroupsArgs {
     pub from: StartId,
 }
 
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print the dead letters of a stream, oldest first.
+    List(DlqListArgs),
+    /// Put dead letters back onto their stream, as new entries.
+    Replay(DlqReplayArgs),
+    /// Delete all dead letters of a stream.
+    Purge(DlqPurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// The stream whose dead letters to list (not the dead-letter stream itself).
+    pub stream: String,
+
+    /// Most dead letters to print (default: all).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// One JSON document per dead letter instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all"])))]
+pub struct DlqReplayArgs {
+    /// The stream the dead letters came from.
+    pub stream: String,
+
+    /// A dead letter to replay: its id in the dead-letter stream (the `id`
+    /// column of `dlq list`). Repeatable.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<EntryId>,
+
+    /// Replay every dead letter of the stream.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    /// The stream whose dead letters to delete.
+    pub stream: String,
+
+    /// Really delete them (without it, only say how many there are).
+    #[arg(long)]
+    pub yes: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +331,26 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backoff_takes_a_base_and_an_optional_max() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            parse_backoff("10ms,50ms").unwrap(),
+            Backoff::new(ms(10), ms(50))
+        );
+        assert_eq!(
+            parse_backoff("1s").unwrap(),
+            Backoff::new(ms(1000), ms(300_000))
+        );
+        assert_eq!(
+            parse_backoff("10m").unwrap(),
+            Backoff::new(ms(600_000), ms(600_000))
+        );
+        assert!(parse_backoff("1s,10ms").is_err());
+        assert!(parse_backoff("x").is_err());
+        assert!(parse_backoff("1s,").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the arguments (clap derive).
-//! - [`cmd`]: one module per command.
+//! - [`cmd`]: one module per command (`consume --exec` in its own, `exec`).
 //! - [`output`]: the buffered JSON-line writer over stdout.
 //! - [`read`]: plain (group-less) stream reads for `tail`.
 //! - [`shutdown`]: Ctrl-C / SIGTERM.

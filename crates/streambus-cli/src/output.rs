@@ -40,3 +40,55 @@ impl Lines {
         self.out.flush()
     }
 }
+
+/// Rows as aligned columns (two spaces apart), without trailing blanks.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// `text` on one line, cut to at most `max` characters (the last one `…` if cut).
+pub fn cell(text: &str, max: usize) -> String {
+    let line = text.replace(['\n', '\r', '\t'], " ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_cut_and_kept_on_one_line() {
+        assert_eq!(cell("a\nb", 10), "a b");
+        assert_eq!(cell("abcdef", 4), "abc…");
+        assert_eq!(cell("abcd", 4), "abcd");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = [
+            ["A".to_owned(), "BB".to_owned(), "C".to_owned()],
+            ["aaa".to_owned(), "b".to_owned(), String::new()],
+        ];
+        assert_eq!(table(&rows), ["A    BB  C", "aaa  b"]);
+    }
+}

@@ -374,11 +374,14 @@ impl<H: Handler> Shared<H> {
         loop {
             // Take permits before reading: never fetch more than there is room for.
             let first = tokio::select! {
+                // Shutdown first: a permit freed at the same moment must not start
+                // another read.
+                biased;
+                _ = shutdown.cancelled() => return,
                 p = self.permits.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                _ = shutdown.cancelled() => return,
             };
             let mut permits = vec![first];
             while permits.len() < o.batch_size {
@@ -395,13 +398,14 @@ impl<H: Handler> Shared<H> {
             }
             let until_reclaim = reclaim.next_at.saturating_duration_since(Instant::now());
             let block = o.block.min(until_reclaim).max(Duration::from_millis(1));
-            // On shutdown the read is abandoned; entries it may have delivered stay
-            // pending under this consumer's name and are taken back by the next run
-            // (at once under the same name, else after the visibility timeout).
-            let read = tokio::select! {
-                r = consumer.read(permits.len(), Some(block)) => r,
-                _ = shutdown.cancelled() => return,
-            };
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // A read that has started is not abandoned on shutdown: Redis may
+            // already have delivered entries to it, which would then sit pending
+            // under this name until reclaimed. It ends within `block`, and what it
+            // brings is handled within the shutdown grace.
+            let read = consumer.read(permits.len(), Some(block)).await;
             match read {
                 Ok(entries) => {
                     failures = 0;

@@ -4,6 +4,9 @@
 //! flushed to stdout. If printing fails (or the process dies) the entries stay
 //! pending, and a consumer restarted with the same `--consumer` name prints
 //! them first.
+//!
+//! With `--exec`, a [`streambus::Worker`] runs a command per entry instead
+//! (see [`super::exec`]).
 
 use anyhow::{Context, Result};
 use streambus::consumer::default_consumer_name;
@@ -13,15 +16,17 @@ use crate::cli::ConsumeArgs;
 use crate::output::Lines;
 use crate::shutdown;
 
-// The options types are `#[non_exhaustive]`: a struct literal with
-// `..Default::default()` is not allowed outside the library.
-#[allow(clippy::field_reassign_with_default)]
 pub async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
+    if let Some(command) = args.exec.clone() {
+        return super::exec::run(client, args, command).await;
+    }
     let name = args.consumer.unwrap_or_else(default_consumer_name);
-    let mut options = ConsumerOptions::default();
-    options.batch_size = args.batch_size;
-    options.max_wait = args.max_wait;
-    options.start = args.from;
+    let options = ConsumerOptions {
+        batch_size: args.batch_size,
+        max_wait: args.max_wait,
+        start: args.from,
+        ..Default::default()
+    };
     let mut consumer = Consumer::new(client, &args.stream, &args.group, &name, options).await?;
     tracing::info!(stream = %args.stream, group = %args.group, consumer = %name, "consuming");
 

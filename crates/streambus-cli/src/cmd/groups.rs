@@ -5,7 +5,7 @@ use streambus::group::{create_group, destroy_group, list_groups, GroupInfo};
 use streambus::Client;
 
 use crate::cli::GroupsArgs;
-use crate::output::Lines;
+use crate::output::{self, Lines};
 
 pub async fn run(client: &Client, args: GroupsArgs) -> Result<()> {
     let mut conn = super::connect(client).await?;
@@ -63,22 +63,7 @@ fn table(groups: &[GroupInfo]) -> Vec<String> {
             g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string()),
         ]
     }));
-    let mut widths = [0usize; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    rows.iter()
-        .map(|row| {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            cells.join("  ").trim_end().to_owned()
-        })
-        .collect()
+    output::table(&rows)
 }
 
 #[cfg(test)]

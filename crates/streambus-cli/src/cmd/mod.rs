@@ -6,6 +6,8 @@ use streambus::{Client, Connection};
 use crate::cli::{Cli, Command};
 
 mod consume;
+mod dlq;
+mod exec;
 mod groups;
 mod publish;
 mod tail;
@@ -18,6 +20,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tail(args) => tail::run(&client, args).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Groups(args) => groups::run(&client, args).await,
+        Command::Dlq(args) => dlq::run(&client, args).await,
     }
 }
 

@@ -14,15 +14,13 @@ const CHUNK_LINES: usize = 1000;
 /// Read buffer for stdin: enough for many lines per chunk from a file.
 const STDIN_BUFFER: usize = 256 * 1024;
 
-// The options types are `#[non_exhaustive]`: a struct literal with
-// `..Default::default()` is not allowed outside the library.
-#[allow(clippy::field_reassign_with_default)]
 pub async fn run(client: &Client, args: PublishArgs) -> Result<()> {
-    let mut options = ProducerOptions::default();
-    options.max_message_bytes = args.max_message_bytes;
-    if let Some(n) = args.maxlen {
-        options.retention = Retention::max_len(n);
-    }
+    let defaults = ProducerOptions::default();
+    let options = ProducerOptions {
+        max_message_bytes: args.max_message_bytes,
+        retention: args.maxlen.map_or(defaults.retention, Retention::max_len),
+        ..defaults
+    };
 
     // Check everything given as arguments before connecting: a bad argument
     // publishes nothing.
