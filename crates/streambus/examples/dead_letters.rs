@@ -46,7 +46,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             async move {
                 let alert: serde_json::Value = d.decode()?;
                 if alert["host"] == "POISON" {
-                    return Ok(Outcome::retry(format!("cannot enrich host {}", alert["host"])));
+                    return Ok(Outcome::retry(format!(
+                        "cannot enrich host {}",
+                        alert["host"]
+                    )));
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, streambus::Error>(Outcome::Ack)
@@ -59,7 +62,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     stop.cancel();
     let report = running.await??;
-    println!("handled {} alerts, dead-lettered {}", ok.load(Ordering::SeqCst), report.dead_lettered);
+    println!(
+        "handled {} alerts, dead-lettered {}",
+        ok.load(Ordering::SeqCst),
+        report.dead_lettered
+    );
     for dl in dead_letter::list(&mut conn, stream, None, 10).await? {
         println!(
             "dead letter {} (was {:?}): {:?} after {:?} deliveries",

@@ -11,8 +11,7 @@
 use std::time::Duration;
 
 use streambus::{
-    CancellationToken, Client, Delivery, Message, Producer, ProducerOptions, Worker,
-    WorkerOptions,
+    CancellationToken, Client, Delivery, Message, Producer, ProducerOptions, Worker, WorkerOptions,
 };
 
 #[tokio::main]
