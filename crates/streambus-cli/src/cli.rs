@@ -63,6 +63,12 @@ pub enum Command {
     Groups(GroupsArgs),
     /// List, replay or purge the dead letters of a stream.
     Dlq(DlqArgs),
+    /// Show a stream, its groups and their consumers' health; optionally
+    /// refresh (--watch) or clean up dead consumers (--cleanup).
+    Monitor(MonitorArgs),
+    /// Suggest how many consumers a group should have: the reference rule
+    /// (IN / OUT / NO_SCALE) and a throughput-based target.
+    Scale(ScaleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -138,7 +144,7 @@ pub struct ConsumeArgs {
     #[arg(short, long, value_name = "GROUP")]
     pub group: String,
 
-    /// This consumer's name in the group (default: <hostname>-<pid>). Reuse a
+    /// This consumer's name in the group (default: `<hostname>-<pid>`). Reuse a
     /// name to take back the entries delivered to it and not acknowledged.
     #[arg(short, long, value_name = "NAME")]
     pub consumer: Option<String>,
@@ -323,6 +329,102 @@ pub struct DlqPurgeArgs {
     pub yes: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// The stream to look at.
+    pub stream: String,
+
+    /// Only this group (default: every group of the stream). Required by --cleanup.
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// A consumer idle for longer than this is reported idle (or stalled, if it
+    /// holds pending entries); --cleanup treats it as dead.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub idle_threshold: Duration,
+
+    /// A consumer holding more pending entries than this gets a warning (set it
+    /// to batch size times concurrency of your workers).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub pending_warning: u64,
+
+    /// Print JSON instead of text: the snapshot (or, with --cleanup, the
+    /// cleanup report) as one document; with --watch, one per line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Refresh every INTERVAL (default 2s) until Ctrl-C. Put the stream first
+    /// or write --watch=INTERVAL, so that the stream is not taken for the interval.
+    #[arg(
+        long,
+        value_name = "INTERVAL",
+        num_args = 0..=1,
+        default_missing_value = "2s",
+        value_parser = parse_interval,
+        conflicts_with = "cleanup"
+    )]
+    pub watch: Option<Duration>,
+
+    /// Hand the pending entries of dead consumers (idle above
+    /// --idle-threshold) to live ones, then delete the dead consumers whose
+    /// pending list is empty. Needs --group.
+    #[arg(long, requires = "group")]
+    pub cleanup: bool,
+
+    /// With --cleanup: say what would be done, change nothing.
+    #[arg(long, requires = "cleanup")]
+    pub dry_run: bool,
+}
+
+/// A --watch interval: a duration, not zero (that would hammer Redis).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("the interval must be above zero".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The stream.
+    pub stream: String,
+
+    /// The consumer group to size.
+    #[arg(short, long, value_name = "GROUP")]
+    pub group: String,
+
+    /// Reference rule: suggest OUT at or above this utilization, percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = streambus::scaler::DEFAULT_SCALE_OUT)]
+    pub scale_out_rate: f64,
+
+    /// Reference rule: suggest IN below this utilization (with more than one
+    /// consumer), percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = streambus::scaler::DEFAULT_SCALE_IN)]
+    pub scale_in_rate: f64,
+
+    /// How long to watch the counters to measure the arrival and ack rates.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "5s")]
+    pub window: Duration,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Never advise fewer consumers than this [default: 1].
+    #[arg(long, value_name = "N")]
+    pub min_consumers: Option<u64>,
+
+    /// Never advise more consumers than this [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_consumers: Option<u64>,
+
+    /// Drain the lag within this time, on top of keeping up with arrivals
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub target_drain: Option<Duration>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +453,43 @@ mod tests {
         assert!(parse_backoff("1s,10ms").is_err());
         assert!(parse_backoff("x").is_err());
         assert!(parse_backoff("1s,").is_err());
+    }
+
+    #[test]
+    fn watch_takes_an_optional_interval() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Monitor(m) => m.watch,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(parse(&["sb", "monitor", "s"]), None);
+        assert_eq!(
+            parse(&["sb", "monitor", "s", "--watch"]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse(&["sb", "monitor", "s", "--watch", "250ms"]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse(&["sb", "monitor", "--watch=1s", "s"]),
+            Some(Duration::from_secs(1))
+        );
+        assert!(Cli::try_parse_from(["sb", "monitor", "s", "--watch", "0s"]).is_err());
+    }
+
+    #[test]
+    fn cleanup_needs_a_group_and_dry_run_needs_cleanup() {
+        let e = Cli::try_parse_from(["sb", "monitor", "s", "--cleanup"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--group"), "{e}");
+        assert!(Cli::try_parse_from(["sb", "monitor", "s", "-g", "g", "--dry-run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sb", "monitor", "s", "-g", "g", "--cleanup", "--watch"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["sb", "monitor", "s", "-g", "g", "--cleanup", "--dry-run"])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! - [`cli`]: the arguments (clap derive).
 //! - [`cmd`]: one module per command (`consume --exec` in its own, `exec`).
 //! - [`output`]: the buffered JSON-line writer over stdout.
-//! - [`read`]: plain (group-less) stream reads for `tail`.
 //! - [`shutdown`]: Ctrl-C / SIGTERM.
 
 use std::process::ExitCode;
@@ -18,7 +17,6 @@ use std::process::ExitCode;
 mod cli;
 mod cmd;
 mod output;
-mod read;
 mod shutdown;
 
 fn main() -> ExitCode {

@@ -9,7 +9,9 @@ mod consume;
 mod dlq;
 mod exec;
 mod groups;
+mod monitor;
 mod publish;
+mod scale;
 mod tail;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -21,6 +23,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Groups(args) => groups::run(&client, args).await,
         Command::Dlq(args) => dlq::run(&client, args).await,
+        Command::Monitor(args) => monitor::run(&client, args).await,
+        Command::Scale(args) => scale::run(&client, args).await,
     }
 }
 

@@ -1,16 +1,15 @@
 //! `streambus tail`: print entries as JSON lines, like tail(1); `--follow` keeps
 //! printing new ones. Plain XREAD: tail never changes any group's state.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use streambus::group::require_stream;
+use streambus::read::{last, last_id, read_after};
 use streambus::{Client, EntryId, ErrorKind, StartId};
 
 use crate::cli::TailArgs;
 use crate::output::Lines;
-use crate::read;
 use crate::shutdown;
 
 /// Entries printed without --from and without --count.
@@ -28,7 +27,7 @@ pub async fn run(client: &Client, args: TailArgs) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NoStream && args.follow => {}
         Err(e) => return Err(e.into()),
     }
-    let stream: Arc<str> = args.stream.as_str().into();
+    let stream = args.stream.as_str();
     let mut out = Lines::stdout();
 
     // Where the history ends (the last id printed or skipped), and how many
@@ -38,20 +37,21 @@ pub async fn run(client: &Client, args: TailArgs) -> Result<()> {
             // Like tail(1): the last N, in stream order. Read at least one entry,
             // to know where --follow continues.
             let count = args.count.unwrap_or(DEFAULT_COUNT);
-            let mut newest = read::newest(&mut conn, &stream, count.max(1)).await?;
-            let cursor = newest.first().map_or(EntryId::ZERO, |e| e.id);
-            newest.truncate(count as usize);
-            for entry in newest.iter().rev() {
+            let newest = last(&mut conn, stream, count.max(1) as usize).await?;
+            let cursor = newest.last().map_or(EntryId::ZERO, |e| e.id);
+            // With --count 0, the one entry read only marks where to follow from.
+            let skip = newest.len().saturating_sub(count as usize);
+            for entry in &newest[skip..] {
                 out.entry(entry)?;
             }
             out.flush()?;
             // The count was for the history; following is unlimited, as with `tail -f`.
             (cursor, None)
         }
-        Some(StartId::End) => {
-            let newest = read::newest(&mut conn, &stream, 1).await?;
-            (newest.first().map_or(EntryId::ZERO, |e| e.id), args.count)
-        }
+        Some(StartId::End) => (
+            last_id(&mut conn, stream).await?.unwrap_or(EntryId::ZERO),
+            args.count,
+        ),
         Some(StartId::Beginning) => (EntryId::ZERO, args.count),
         Some(StartId::After(id)) => (id, args.count),
     };
@@ -63,7 +63,7 @@ pub async fn run(client: &Client, args: TailArgs) -> Result<()> {
             if page == 0 {
                 return Ok(());
             }
-            let entries = read::after(&mut conn, &stream, cursor, page, None).await?;
+            let entries = read_after(&mut conn, stream, cursor, page as usize, None).await?;
             if entries.is_empty() {
                 break;
             }
@@ -89,7 +89,7 @@ pub async fn run(client: &Client, args: TailArgs) -> Result<()> {
         let entries = tokio::select! {
             // Cancelling a plain XREAD loses nothing: no state changes on the server.
             () = stop.cancelled() => return Ok(()),
-            r = read::after(&mut blocking, &stream, cursor, page, Some(BLOCK)) => r?,
+            r = read_after(&mut blocking, stream, cursor, page as usize, Some(BLOCK)) => r?,
         };
         for entry in &entries {
             out.entry(entry)?;

@@ -1,0 +1,307 @@
+//! `streambus monitor`: the health of a stream, its groups and their consumers
+//! (`streambus::monitor`), once or every `--watch` interval; `--cleanup` hands
+//! the pending entries of dead consumers to live ones and deletes the dead.
+//!
+//! # Text
+//!
+//! One line for the stream, then per group one line and a consumer table in
+//! the reference package's columns (`Consumer`, `Idle`, `Pending`, `Status`,
+//! the status in its words: `OK`, `WARNING - idle for long time`, ...). A lag
+//! Redis cannot tell is printed `?` and explained in a footnote.
+//!
+//! # JSON (`--json`)
+//!
+//! The snapshot, one compact document per line (one in all without `--watch`):
+//!
+//! - `stream`, `server_time_ms`, `length`, `first_entry_id`,
+//!   `first_entry_age_ms`, `last_entry_id`, `last_entry_age_ms`,
+//!   `last_generated_id`, `entries_added`, `max_deleted_entry_id`;
+//! - `groups[]`: `name`, `pending`, `lag` (`null` when Redis cannot tell),
+//!   `entries_read`, `last_delivered_id`, `oldest_pending_id`,
+//!   `oldest_pending_age_ms`, `oldest_pending_idle_ms`, `delivery_counts`
+//!   (`{sampled, min, max}` or `null`);
+//! - `groups[].consumers[]`: `name`, `pending`, `idle_ms`, `inactive_ms`
+//!   (Redis 7.2+, else `null`), `status` (`OK`, `IDLE`, `STALLED`,
+//!   `TOO_MANY_PENDING`).
+//!
+//! Ids are strings (`"1712345678901-0"`), ages and idle times milliseconds,
+//! absent values `null`.
+//!
+//! With `--cleanup --json`, the cleanup report instead: `dry_run`,
+//! `moved[]` (`from`, `to`, `count`), `deleted[]` (consumer names),
+//! `skipped[]` (`consumer`, `pending`, `reason`: `no_live_consumer`,
+//! `has_pending`, `active`, `gone`), `vanished`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Result;
+use streambus::config::format_duration;
+use streambus::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
+use streambus::{Client, Monitor, MonitorOptions, StreamSnapshot};
+
+use crate::cli::MonitorArgs;
+use crate::output::{self, Lines};
+use crate::shutdown;
+
+/// Moves the cursor home and clears the screen (ANSI), before each redraw on a
+/// terminal.
+const CLEAR: &str = "\x1b[H\x1b[2J";
+/// What a `?` lag means, printed once below the groups when one has it.
+const LAG_FOOTNOTE: &str = "? lag: unknown (entries were deleted)";
+
+pub async fn run(client: &Client, args: MonitorArgs) -> Result<()> {
+    let conn = super::connect(client).await?;
+    if args.cleanup {
+        return cleanup(conn, &args).await;
+    }
+    let options = MonitorOptions {
+        idle_threshold: args.idle_threshold,
+        pending_warning: args.pending_warning,
+        group: args.group.clone(),
+        ..Default::default()
+    };
+    let mut monitor = Monitor::new(conn, options);
+    let mut out = Lines::stdout();
+    let Some(interval) = args.watch else {
+        let snap = monitor.snapshot(&args.stream).await?;
+        print(&mut out, &snap, args.json)?;
+        return out.flush().map_err(Into::into);
+    };
+    watch(&mut monitor, &mut out, &args.stream, interval, args.json).await
+}
+
+/// A snapshot every `interval` until Ctrl-C or SIGTERM (then exit 0).
+///
+/// The first snapshot must succeed (a missing stream or group is an error);
+/// a later failure (Redis restarting, the stream deleted meanwhile) is reported
+/// on stderr and the next interval tries again.
+async fn watch(
+    monitor: &mut Monitor,
+    out: &mut Lines,
+    stream: &str,
+    interval: Duration,
+    json: bool,
+) -> Result<()> {
+    let (stop, _signals) = shutdown::on_signal();
+    // Redraw in place only for a person: a pipe or file gets every snapshot.
+    let redraw = !json && std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(interval);
+    // A slow snapshot delays the next one instead of causing a burst.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown = 0u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        // Cancelling a snapshot loses nothing: it only reads.
+        let snap = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            r = monitor.snapshot(stream) => r,
+        };
+        let snap = match snap {
+            Ok(snap) => snap,
+            Err(e) if shown == 0 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("error: {}", crate::error_line(&e.into()));
+                continue;
+            }
+        };
+        if redraw {
+            out.line(format_args!(
+                "{CLEAR}every {}: streambus monitor {stream} (Ctrl-C to stop)\n",
+                format_duration(interval)
+            ))?;
+        } else if shown > 0 && !json {
+            out.line("")?;
+        }
+        print(out, &snap, json)?;
+        out.flush()?;
+        shown += 1;
+    }
+}
+
+fn print(out: &mut Lines, snap: &StreamSnapshot, json: bool) -> std::io::Result<()> {
+    if json {
+        return out.json(snap);
+    }
+    for line in render(snap) {
+        out.line(line)?;
+    }
+    Ok(())
+}
+
+/// The text form of a snapshot (see the module docs).
+fn render(snap: &StreamSnapshot) -> Vec<String> {
+    let mut lines = vec![stream_line(snap)];
+    if snap.groups.is_empty() {
+        lines.push("no consumer groups".to_owned());
+    }
+    for g in &snap.groups {
+        lines.push(group_line(g));
+        if g.consumers.is_empty() {
+            lines.push("  no consumers".to_owned());
+            continue;
+        }
+        let mut rows = vec![[
+            "Consumer".to_owned(),
+            "Idle".to_owned(),
+            "Pending".to_owned(),
+            "Status".to_owned(),
+        ]];
+        rows.extend(g.consumers.iter().map(|c| {
+            [
+                c.name.clone(),
+                format_duration(c.idle),
+                c.pending.to_string(),
+                c.status.reference_text().to_owned(),
+            ]
+        }));
+        lines.extend(output::table(&rows).into_iter().map(|r| format!("  {r}")));
+    }
+    if snap.groups.iter().any(|g| g.lag.is_none()) {
+        lines.push(LAG_FOOTNOTE.to_owned());
+    }
+    lines
+}
+
+fn stream_line(snap: &StreamSnapshot) -> String {
+    let end = |id: Option<streambus::EntryId>, age: Option<Duration>| match (id, age) {
+        (Some(id), Some(age)) => format!("{id} ({} ago)", format_duration(age)),
+        (Some(id), None) => id.to_string(),
+        _ => "-".to_owned(),
+    };
+    let added = snap
+        .entries_added
+        .map_or_else(|| "?".to_owned(), |n| n.to_string());
+    format!(
+        "stream {}: length {}, first {}, last {}, entries added {added}",
+        snap.stream,
+        snap.length,
+        end(snap.first_entry_id, snap.first_entry_age),
+        end(snap.last_entry_id, snap.last_entry_age),
+    )
+}
+
+fn group_line(g: &GroupSnapshot) -> String {
+    let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+    let consumers = match g.consumers.len() {
+        1 => "1 consumer".to_owned(),
+        n => format!("{n} consumers"),
+    };
+    let mut line = format!(
+        "group {}: {consumers}, pending {}, lag {lag}, last delivered {}",
+        g.name, g.pending, g.last_delivered_id
+    );
+    if let Some(age) = g.oldest_pending_age {
+        line.push_str(&format!(", oldest pending {} old", format_duration(age)));
+        if let Some(idle) = g.oldest_pending_idle {
+            line.push_str(&format!(" (idle {})", format_duration(idle)));
+        }
+    }
+    if let Some(d) = &g.delivery_counts {
+        line.push_str(&format!(
+            ", deliveries {}..{} over the {} oldest pending",
+            d.min, d.max, d.sampled
+        ));
+    }
+    line
+}
+
+async fn cleanup(mut conn: streambus::Connection, args: &MonitorArgs) -> Result<()> {
+    // clap enforces it (`requires`); this keeps the function honest on its own.
+    let Some(group) = args.group.as_deref() else {
+        anyhow::bail!("--cleanup needs --group");
+    };
+    let options = CleanupOptions {
+        idle_threshold: args.idle_threshold,
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let report = monitor::cleanup(&mut conn, &args.stream, group, &options).await?;
+    let mut out = Lines::stdout();
+    if args.json {
+        out.json(&report)?;
+    } else {
+        for line in cleanup_lines(&report, group, args.idle_threshold) {
+            out.line(line)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The report in words; "would ..." in a dry run.
+fn cleanup_lines(report: &CleanupReport, group: &str, threshold: Duration) -> Vec<String> {
+    let dry = report.dry_run;
+    let verb = |done: &str, would: &str| {
+        if dry {
+            format!("would {would}")
+        } else {
+            done.to_owned()
+        }
+    };
+    let mut lines = Vec::new();
+    for m in &report.moved {
+        lines.push(format!(
+            "{} {} from {} to {}",
+            verb("moved", "move"),
+            pending_entries(m.count),
+            m.from,
+            m.to
+        ));
+    }
+    for name in &report.deleted {
+        lines.push(format!("{} consumer {name}", verb("deleted", "delete")));
+    }
+    for s in &report.skipped {
+        lines.push(format!(
+            "{} consumer {} ({} pending): {}",
+            verb("skipped", "skip"),
+            s.consumer,
+            s.pending,
+            s.reason
+        ));
+    }
+    if report.vanished > 0 {
+        lines.push(format!(
+            "{} left by themselves before they could be moved (acknowledged or deleted)",
+            pending_entries(report.vanished)
+        ));
+    }
+    if lines.is_empty() {
+        lines.push(format!(
+            "no consumer of group {group} has been idle for more than {}: nothing {}",
+            format_duration(threshold),
+            if dry { "would change" } else { "to clean up" }
+        ));
+    }
+    lines
+}
+
+fn pending_entries(n: u64) -> String {
+    if n == 1 {
+        "1 pending entry".to_owned()
+    } else {
+        format!("{n} pending entries")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_report_says_nothing_happens() {
+        let mut report = CleanupReport::default();
+        let lines = cleanup_lines(&report, "g", Duration::from_secs(60));
+        assert_eq!(
+            lines,
+            ["no consumer of group g has been idle for more than 1m00s: nothing to clean up"]
+        );
+        report.dry_run = true;
+        let lines = cleanup_lines(&report, "g", Duration::from_secs(60));
+        assert!(lines[0].ends_with("nothing would change"), "{lines:?}");
+    }
+}

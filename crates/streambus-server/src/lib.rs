@@ -1,0 +1,152 @@
+//! The streambus service: a WebSocket relay of live events, a JSON API over the
+//! monitor, the scaler and the dead-letter streams, Prometheus metrics, and a
+//! dashboard page, all served by one binary (`streambus serve`).
+//!
+//! ```no_run
+//! use streambus_server::{app, serve, AppState, ServerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServerConfig {
+//!     streams: vec!["aurora:alerts".into()],
+//!     ..Default::default()
+//! };
+//! config.validate()?;
+//! let client = streambus::Client::open("redis://127.0.0.1:6379")?;
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! let state = AppState::new(config, client).await?;
+//! serve(listener, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Routes
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET /` , `/app.js`, `/app.css` | no | the dashboard |
+//! | `GET /healthz` | no | `{"redis":"ok"}` or 503 |
+//! | `GET /ws?streams=S1,S2[&from=ID]` | yes | live entries as JSON text messages |
+//! | `GET /api/streams` | yes | streams, groups, lag, pending, dead-letter counts |
+//! | `GET /api/streams/{s}/groups/{g}` | yes | the monitor snapshot of a group |
+//! | `GET /api/streams/{s}/groups/{g}/scale` | yes | the scaler's suggestion |
+//! | `GET /api/streams/{s}/dlq?count=N` | yes | dead letters |
+//! | `POST /api/streams/{s}/messages` | yes | publish the JSON body |
+//! | `GET /metrics` | yes | Prometheus text |
+//!
+//! # Layout
+//!
+//! - [`config`]: [`ServerConfig`] and its [`validate`](ServerConfig::validate).
+//! - [`state`]: [`AppState`], what the routes share (connections, producer,
+//!   relay, scaler memory, task owners).
+//! - `relay`: the WebSocket relay (one `XREAD` reader per stream, broadcast).
+//! - `api`: the JSON routes; `read`: plain stream reads.
+//! - [`auth`]: bearer token, constant-time comparison.
+//! - [`security`]: security headers (CSP) on every response.
+//! - `dashboard` and `assets/`: the page.
+//! - [`metrics`]: the Prometheus exporter and the service's own metrics.
+//! - [`error`]: [`ApiError`], JSON errors that never leak internals.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod api;
+pub mod auth;
+pub mod config;
+mod dashboard;
+pub mod error;
+pub mod metrics;
+mod read;
+mod relay;
+pub mod security;
+pub mod state;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tokio::net::TcpListener;
+
+pub use config::{ConfigError, ServerConfig};
+pub use error::ApiError;
+pub use state::AppState;
+
+/// The service's routes, with auth, security headers and the body limit.
+/// Apart from [`serve`] so that tests can call it with
+/// `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/ws", get(relay::ws_handler))
+        .route("/api/streams", get(api::streams))
+        .route("/api/streams/{stream}/groups/{group}", get(api::group))
+        .route(
+            "/api/streams/{stream}/groups/{group}/scale",
+            get(api::scale),
+        )
+        .route("/api/streams/{stream}/dlq", get(api::dead_letters))
+        .route("/api/streams/{stream}/messages", post(api::publish))
+        .route("/metrics", get(metrics::render))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let public = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/", get(dashboard::index))
+        .route("/app.js", get(dashboard::script))
+        .route("/app.css", get(dashboard::style));
+    Router::new()
+        .merge(protected)
+        .merge(public)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        // Bodies over the limit get 413 before they are read into memory.
+        .layer(DefaultBodyLimit::max(state.config().max_body_bytes))
+        .layer(middleware::from_fn(security::headers))
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then closes every
+/// WebSocket with a close frame ("server shutting down"), waits for them (at
+/// most [`ServerConfig::shutdown_grace`]) and for in-flight requests.
+///
+/// The caller owns the listener (bind it where and how it likes, e.g. port 0
+/// in tests) and the shutdown signal.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "streambus service listening");
+    }
+    let router = app(state.clone());
+    let signal_state = state.clone();
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing WebSocket clients");
+            // WebSocket tasks are detached from their HTTP connection: tell
+            // them to close, or graceful shutdown would not wait for them.
+            signal_state.begin_shutdown();
+        })
+        .await;
+    // Also when `axum::serve` failed: stop the readers and clients.
+    state.begin_shutdown();
+    let clients = state.clients();
+    clients.close();
+    if tokio::time::timeout(state.config().shutdown_grace, clients.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = clients.len(),
+            "WebSocket clients did not close within the grace period"
+        );
+    }
+    result
+}

@@ -1,0 +1,102 @@
+//! `/metrics`: the Prometheus exporter, the library's metrics and the
+//! service's own.
+//!
+//! The monitor gauges (stream length, lag, pending, consumers by status,
+//! scaler target) are refreshed on every scrape from fresh snapshots, so they
+//! are as current as the scrape and cost nothing between scrapes.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `streambus_server_ws_clients` | gauge | | WebSocket clients connected |
+//! | `streambus_server_ws_cut_off_total` | counter | reason (`lagged`, `stalled`) | clients disconnected for being too slow |
+//! | `streambus_server_relayed_total` | counter | stream | entries read by the relay |
+
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::api;
+use crate::state::AppState;
+
+/// Gauge: WebSocket clients connected.
+pub const WS_CLIENTS: &str = "streambus_server_ws_clients";
+/// Counter: WebSocket clients cut off for being too slow.
+pub const WS_CUT_OFF: &str = "streambus_server_ws_cut_off_total";
+/// Counter: entries read by the relay.
+pub const RELAYED: &str = "streambus_server_relayed_total";
+
+/// Installs the Prometheus recorder for the process, once; later calls (a second
+/// [`AppState`] in the same process, as in tests) get the same handle.
+///
+/// If the application installed another recorder first, the service still
+/// answers `/metrics`, from a recorder of its own that sees only what is
+/// recorded through its handle (a warning says so).
+pub(crate) fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = match PrometheusBuilder::new().install_recorder() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "another metrics recorder is installed; /metrics will not show the library's metrics");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            streambus::metrics::describe();
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_gauge!(WS_CLIENTS, "WebSocket clients connected");
+    metrics::describe_counter!(WS_CUT_OFF, "WebSocket clients cut off for being too slow");
+    metrics::describe_counter!(RELAYED, "Entries read by the relay");
+    // Present from the start, so that a scrape always shows the service.
+    metrics::gauge!(WS_CLIENTS).set(0.0);
+}
+
+/// Counts entries the relay read from `stream`.
+pub(crate) fn relayed(stream: &str, n: usize) {
+    metrics::counter!(RELAYED, "stream" => stream.to_owned()).increment(n as u64);
+}
+
+/// Counts a client cut off, by reason.
+pub(crate) fn cut_off(reason: &'static str) {
+    metrics::counter!(WS_CUT_OFF, "reason" => reason).increment(1);
+}
+
+/// Counts a connected WebSocket client for as long as it lives.
+pub(crate) struct ClientGauge;
+
+impl ClientGauge {
+    pub(crate) fn new() -> Self {
+        metrics::gauge!(WS_CLIENTS).increment(1.0);
+        ClientGauge
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(WS_CLIENTS).decrement(1.0);
+    }
+}
+
+/// `GET /metrics`: refreshes the monitor gauges, then renders everything in
+/// the Prometheus text format. A stream that cannot be inspected keeps its
+/// previous values (the failure is logged by the snapshot code).
+pub(crate) async fn render(State(state): State<AppState>) -> Response {
+    // Errors are logged where they happen; a scrape still returns what exists.
+    let _ = api::snapshots(&state).await;
+    let handle = state.metrics_handle();
+    handle.run_upkeep();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        handle.render(),
+    )
+        .into_response()
+}
