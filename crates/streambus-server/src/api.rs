@@ -15,7 +15,6 @@ use streambus::monitor::{self, StreamSnapshot};
 use streambus::{dead_letter, scaler, ErrorKind, Message, MonitorOptions};
 
 use crate::error::{error_chain, ApiError};
-use crate::read;
 use crate::state::AppState;
 
 /// How long `/healthz` waits for `PING`: a probe must answer quickly even when
@@ -33,7 +32,7 @@ async fn stream_names(state: &AppState) -> Result<Vec<String>, ApiError> {
     if !config.streams.is_empty() || state.client().is_cluster() {
         return Ok(config.streams.clone());
     }
-    Ok(read::discover_streams(&mut state.conn(), config.max_streams).await?)
+    Ok(streambus::read::list_streams(&mut state.conn(), config.max_streams).await?)
 }
 
 /// A snapshot of every shown stream (`None` for one that does not exist yet),

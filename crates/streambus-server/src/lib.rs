@@ -43,7 +43,7 @@
 //! - [`state`]: [`AppState`], what the routes share (connections, producer,
 //!   relay, scaler memory, task owners).
 //! - `relay`: the WebSocket relay (one `XREAD` reader per stream, broadcast).
-//! - `api`: the JSON routes; `read`: plain stream reads.
+//! - `api`: the JSON routes (plain reads come from `streambus::read`).
 //! - [`auth`]: bearer token, constant-time comparison.
 //! - [`security`]: security headers (CSP) on every response.
 //! - `dashboard` and `assets/`: the page.
@@ -60,7 +60,6 @@ pub mod config;
 mod dashboard;
 pub mod error;
 pub mod metrics;
-mod read;
 mod relay;
 pub mod security;
 pub mod state;

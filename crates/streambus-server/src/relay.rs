@@ -49,7 +49,6 @@ use crate::auth;
 use crate::config::ServerConfig;
 use crate::error::{error_chain, ApiError};
 use crate::metrics as server_metrics;
-use crate::read;
 use crate::state::AppState;
 
 /// Entries per `XREAD` of a reader. At most a quarter of the broadcast
@@ -177,7 +176,9 @@ impl Relay {
         }
         // The start position is read before the feed exists, so that no entry
         // added after this call can be missed by the reader.
-        let start = read::last_id(&mut self.conn.clone(), stream).await?;
+        let start = streambus::read::last_id(&mut self.conn.clone(), stream)
+            .await?
+            .unwrap_or(EntryId::ZERO);
         let mut feeds = self.lock();
         if let Some(f) = feeds.get(stream) {
             // Another client created it meanwhile.
@@ -271,7 +272,7 @@ impl Reader {
                 },
             };
             let read = tokio::select! {
-                r = read::after(c, &self.stream, after, self.count, self.block) => r,
+                r = streambus::read::read_after(c, &self.stream, after, self.count, Some(self.block)) => r,
                 _ = self.shutdown.cancelled() => return,
             };
             match read {
@@ -553,7 +554,13 @@ async fn replay(
         if shutdown.is_cancelled() {
             return Some(End::Shutdown);
         }
-        let page = match read::range_after(&mut conn, &sub.stream, sub.last_sent, REPLAY_PAGE).await
+        let page = match streambus::read::range_after(
+            &mut conn,
+            &sub.stream,
+            Some(sub.last_sent),
+            REPLAY_PAGE,
+        )
+        .await
         {
             Ok(p) => p,
             Err(e) => {

@@ -121,6 +121,13 @@ impl Error {
         )
     }
 
+    /// Classifies a redis-rs error by its Redis error code, prefixing `context`
+    /// (what was being done) and adding a hint where one helps: for code that
+    /// sends its own commands and wants streambus's error kinds.
+    pub fn from_redis(context: impl fmt::Display, err: redis::RedisError) -> Self {
+        Self::redis(context, err)
+    }
+
     /// Classifies a Redis error, prefixing `context` (what streambus was doing).
     pub(crate) fn redis(context: impl fmt::Display, err: redis::RedisError) -> Self {
         let kind = classify(&err);

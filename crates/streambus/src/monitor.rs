@@ -23,13 +23,20 @@
 //!
 //! # Consumer status
 //!
-//! Redis reports, per consumer, `idle`: the time since its last *attempted*
-//! interaction (every `XREADGROUP`, even one that returns nothing, and every claim
-//! resets it). Redis 7.2 adds `inactive`: the time since its last *successful*
-//! interaction (a read or claim that actually got entries). On 7.0 a consumer that
-//! keeps polling but never finishes its pending entries looks busy; on 7.2
-//! `inactive` shows it. See [`Status`] for how each is used.
+//! Redis reports, per consumer, `idle`. What resets it depends on the version:
+//! on Redis 7.2+ every `XREADGROUP` attempt (even one that returns nothing) and
+//! every claim; on Redis 7.0 (measured on 7.0.15) only a read or claim that got
+//! entries — an empty read leaves it growing. Redis 7.2 also adds `inactive`: the
+//! time since the last *successful* interaction. See [`Status`] for how each is
+//! used.
 //!
+//! So on 7.0 a healthy consumer polling a quiet stream shows as `IDLE` once the
+//! stream has been quiet for longer than the threshold; cleanup may then delete
+//! it if it holds nothing (harmless: Redis recreates it at its next read that
+//! gets entries), and hands its pending entries over if it holds some. Set the
+//! idle threshold above both the longest quiet period you expect and the longest
+//! handler run.
+
 //! # Cleanup
 //!
 //! [`cleanup`] hands the pending entries of dead consumers to the least-loaded
@@ -710,10 +717,11 @@ static DELETE_CONSUMER_IF_IDLE: LazyLock<redis::Script> =
 /// Hands the pending entries of dead consumers of `group` to live ones and
 /// deletes the dead consumers whose pending list is empty.
 ///
-/// - **Dead** means idle (time since the last read or claim *attempt*) above
-///   [`CleanupOptions::idle_threshold`]. `idle` rather than Redis 7.2's
-///   `inactive`: a consumer that keeps polling is alive even if the stream is
-///   quiet, and deleting it would only make Redis recreate it at its next read.
+/// - **Dead** means `idle` above [`CleanupOptions::idle_threshold`] (see the
+///   module docs for what resets `idle` on 7.0 and on 7.2+). `idle` rather than
+///   Redis 7.2's `inactive`: on 7.2 a consumer that keeps polling is alive even if
+///   the stream is quiet; deleting one only makes Redis recreate it at its next
+///   read.
 ///   A consumer that is busy (many pending entries, recently active) is alive and
 ///   never touched.
 /// - **Moving**: the dead consumer's pending entries are listed page by page

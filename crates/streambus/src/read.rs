@@ -13,7 +13,7 @@ use crate::id::EntryId;
 use crate::keys;
 use crate::reply;
 
-/// Up to `count` entries with ids after `after` (exclusive), oldest first.
+/// Up to `count` (at least 1) entries with ids after `after` (exclusive), oldest first.
 pub async fn range_after(
     conn: &mut Connection,
     stream: &str,
@@ -37,7 +37,7 @@ pub async fn range_after(
     reply::entries(&Arc::from(stream), v)
 }
 
-/// The last `count` entries, oldest first (like `tail`).
+/// The last `count` (at least 1) entries, oldest first (like `tail`).
 pub async fn last(conn: &mut Connection, stream: &str, count: usize) -> Result<Vec<Entry>> {
     keys::validate_name("stream", stream)?;
     let v: Value = redis::cmd("XREVRANGE")
@@ -54,7 +54,7 @@ pub async fn last(conn: &mut Connection, stream: &str, count: usize) -> Result<V
     Ok(entries)
 }
 
-/// Up to `count` entries added after `after`, waiting up to `block` for the first
+/// Up to `count` (at least 1) entries added after `after`, waiting up to `block` for the first
 /// (`XREAD`); an empty result when nothing came. Use a connection from
 /// [`crate::Client::connect_blocking`] when blocking.
 pub async fn read_after(
@@ -81,4 +81,39 @@ pub async fn read_after(
 /// The id of the newest entry, or `None` for an empty or missing stream.
 pub async fn last_id(conn: &mut Connection, stream: &str) -> Result<Option<EntryId>> {
     Ok(last(conn, stream, 1).await?.last().map(|e| e.id))
+}
+
+/// Up to `max` stream keys, found with `SCAN … TYPE stream`, sorted; dead-letter
+/// streams (`…:dlq`) left out. `SCAN` walks the keyspace in steps, so the number
+/// of steps is bounded too (a million keys). On a cluster it sees one node only.
+pub async fn list_streams(conn: &mut Connection, max: usize) -> Result<Vec<String>> {
+    /// Keys looked at per step.
+    const SCAN_COUNT: usize = 1000;
+    /// Steps at most.
+    const MAX_STEPS: usize = 1000;
+    let mut cursor: u64 = 0;
+    let mut found = std::collections::BTreeSet::new();
+    for _ in 0..MAX_STEPS {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await
+            .map_err(|e| Error::redis("cannot list streams", e))?;
+        for k in keys {
+            if let Ok(k) = String::from_utf8(k) {
+                if !k.ends_with(":dlq") {
+                    found.insert(k);
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 || found.len() >= max {
+            break;
+        }
+    }
+    Ok(found.into_iter().take(max).collect())
 }
