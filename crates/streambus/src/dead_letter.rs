@@ -176,24 +176,8 @@ pub async fn list(
     count: usize,
 ) -> Result<Vec<DeadLetter>> {
     keys::validate_name("stream", stream)?;
-    let dlq = keys::dead_letter(stream);
-    let start = match after {
-        Some(id) => format!("({id}"),
-        None => "-".to_owned(),
-    };
-    let v: Value = redis::cmd("XRANGE")
-        .arg(&dlq)
-        .arg(start)
-        .arg("+")
-        .arg("COUNT")
-        .arg(count.max(1))
-        .query_async(conn)
-        .await
-        .map_err(|e| Error::redis(format!("cannot read dead letters of {stream:?}"), e))?;
-    Ok(reply::entries(&dlq.as_str().into(), v)?
-        .into_iter()
-        .map(DeadLetter::from_entry)
-        .collect())
+    let letters = crate::read::range_after(conn, &keys::dead_letter(stream), after, count).await?;
+    Ok(letters.into_iter().map(DeadLetter::from_entry).collect())
 }
 
 /// Number of dead letters of `stream`.
