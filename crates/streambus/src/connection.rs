@@ -13,6 +13,7 @@
 //! The rest of the library is written against [`Connection`], which implements
 //! `redis::aio::ConnectionLike` for both a single server and a cluster.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -30,6 +31,8 @@ pub struct ConnectOptions {
     /// Time allowed for a reply to an ordinary command. Blocking readers add their
     /// BLOCK time to this.
     pub response_timeout: Duration,
+    /// Certificates for `rediss://` (TLS) URLs.
+    pub tls: TlsOptions,
 }
 
 impl Default for ConnectOptions {
@@ -37,8 +40,119 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
+            tls: TlsOptions::default(),
         }
     }
+}
+
+/// TLS settings for `rediss://` URLs. Certificate verification is on by default,
+/// against the system's trusted roots unless `ca_file` is given.
+///
+/// The same settings can be given in the URL's query:
+/// `rediss://host:6380/?ca=/etc/redis/ca.crt&cert=client.crt&key=client.key`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificate(s) that signed the server's certificate,
+    /// used instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that require one (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// **For tests only.** Accepts any server certificate: anyone on the network
+    /// path can then read and change the traffic, passwords included. A warning is
+    /// logged at every connection.
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsOptions {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+    }
+
+    /// Reads the certificate files into what redis-rs takes.
+    fn certificates(&self) -> Result<redis::TlsCertificates> {
+        fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
+            std::fs::read(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("cannot read the TLS {what} file {}: {e}", path.display()),
+                )
+            })
+        }
+        let client_tls =
+            match (&self.client_cert_file, &self.client_key_file) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read("client certificate", cert)?,
+                    client_key: read("client key", key)?,
+                }),
+                (None, None) => None,
+                _ => return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "a TLS client certificate needs its key, and a key its certificate: give both",
+                )),
+            };
+        let root_cert = match &self.ca_file {
+            Some(ca) => Some(read("CA certificate", ca)?),
+            None => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+
+    /// Takes `ca`, `cert`, `key` and `insecure` out of a URL's query, for the
+    /// fields not already set.
+    fn take_from_url(&mut self, url: &str) -> String {
+        let Some((base, query)) = url.split_once('?') else {
+            return url.to_owned();
+        };
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "ca" => self.ca_file = self.ca_file.take().or(Some(v.into())),
+                "cert" => self.client_cert_file = self.client_cert_file.take().or(Some(v.into())),
+                "key" => self.client_key_file = self.client_key_file.take().or(Some(v.into())),
+                "insecure" => self.insecure_skip_verify |= v.is_empty() || v == "true" || v == "1",
+                _ => kept.push(pair),
+            }
+        }
+        let mut out = base.to_owned();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        out
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(n);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where Redis is: a single server (`redis://`, `rediss://`) or a cluster
@@ -80,16 +194,30 @@ impl Client {
     }
 
     /// Like [`Client::open`], with connection options.
-    pub fn open_with(url: &str, options: ConnectOptions) -> Result<Client> {
+    pub fn open_with(url: &str, mut options: ConnectOptions) -> Result<Client> {
         let display = mask_password(url);
+        let url = &options.tls.take_from_url(url.trim());
+        let tls = url.starts_with("rediss");
+        if !tls && (options.tls.is_set() || options.tls.insecure_skip_verify) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("TLS settings were given for {display:?}, which is not a TLS URL: use rediss:// (or rediss+cluster://)"),
+            ));
+        }
+        if options.tls.insecure_skip_verify {
+            let shown = display.as_str();
+            tracing::warn!(
+                url = shown,
+                "TLS certificate verification is OFF (insecure option): for tests only"
+            );
+        }
         let bad = |why: String| {
             Error::new(
                 ErrorKind::InvalidInput,
                 format!("invalid Redis URL {display:?}: {why} (expected redis://[user:password@]host:port, rediss:// for TLS, or redis+cluster://host1:port1,host2:port2)"),
             )
         };
-        let url = url.trim();
-        if url.starts_with("rediss") {
+        if tls {
             install_crypto_provider();
         }
         let target = if let Some(rest) = url
@@ -114,20 +242,35 @@ impl Client {
                 redis::parse_redis_url(n)
                     .ok_or_else(|| bad(format!("bad node {:?}", mask_password(n))))?;
             }
-            let client = ClusterClientBuilder::new(nodes)
+            let mut builder = ClusterClientBuilder::new(nodes)
                 .connection_timeout(options.connect_timeout)
-                .response_timeout(options.response_timeout)
-                .build()
-                .map_err(|e| bad(e.to_string()))?;
+                .response_timeout(options.response_timeout);
+            if options.tls.is_set() {
+                builder = builder.certs(options.tls.certificates()?);
+            }
+            if options.tls.insecure_skip_verify {
+                builder = builder.tls(redis::TlsMode::Insecure);
+            }
+            let client = builder.build().map_err(|e| bad(e.to_string()))?;
             Target::Cluster(client)
         } else {
             if !url.contains("://") {
                 return Err(bad("missing scheme".into()));
             }
-            if redis::parse_redis_url(url).is_none() {
+            if redis::parse_redis_url(url.split('#').next().unwrap_or(url)).is_none() {
                 return Err(bad("not a redis://, rediss:// or redis+unix:// URL".into()));
             }
-            Target::Single(redis::Client::open(url).map_err(|e| bad(e.to_string()))?)
+            let url = if options.tls.insecure_skip_verify && !url.contains('#') {
+                format!("{url}#insecure")
+            } else {
+                url.to_owned()
+            };
+            let client = if options.tls.is_set() {
+                redis::Client::build_with_tls(url.as_str(), options.tls.certificates()?)
+            } else {
+                redis::Client::open(url.as_str())
+            };
+            Target::Single(client.map_err(|e| bad(e.to_string()))?)
         };
         Ok(Client {
             target,
@@ -307,6 +450,43 @@ mod tests {
         }
         let e = Client::open("redis://u:hunter2@:::").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_in_the_url() {
+        let mut tls = TlsOptions::default();
+        let url = tls.take_from_url(
+            "rediss://u:p@h:6380/0?ca=/etc/ca%20dir/ca.crt&cert=c.crt&key=c.key&foo=1#x",
+        );
+        assert_eq!(url, "rediss://u:p@h:6380/0?foo=1#x");
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca dir/ca.crt"))
+        );
+        assert_eq!(tls.client_cert_file.as_deref(), Some(Path::new("c.crt")));
+        assert_eq!(tls.client_key_file.as_deref(), Some(Path::new("c.key")));
+        assert!(!tls.insecure_skip_verify);
+        let mut tls = TlsOptions::default();
+        assert_eq!(tls.take_from_url("rediss://h?insecure"), "rediss://h");
+        assert!(tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn tls_settings_need_a_tls_url_and_readable_files() {
+        let opts = |ca: &str| ConnectOptions {
+            tls: TlsOptions {
+                ca_file: Some(ca.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Client::open_with("redis://h:1", opts("/nonexistent/ca.crt")).unwrap_err();
+        assert!(e.to_string().contains("not a TLS URL"), "{e}");
+        let e = Client::open_with("rediss://h:1", opts("/nonexistent/ca.crt")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("/nonexistent/ca.crt"), "{e}");
+        let e = Client::open("rediss://h:1?cert=a.crt").unwrap_err();
+        assert!(e.to_string().contains("give both"), "{e}");
     }
 
     #[test]
