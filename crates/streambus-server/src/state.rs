@@ -79,6 +79,7 @@ impl AppState {
     pub async fn new(config: ServerConfig, client: Client) -> streambus::Result<AppState> {
         let metrics = crate::metrics::install();
         let conn = client.connect().await?;
+        streambus::preflight::warn_about(&mut conn.clone()).await;
         let producer = Producer::new(
             client.connect().await?,
             ProducerOptions {

@@ -57,6 +57,11 @@ pub enum MoveResult {
     OwnedByOther,
 }
 
+/// The single field that holds the fields of a very wide entry (more than 3,500
+/// fields) as a JSON array, because a Lua script cannot pass more arguments to
+/// XADD. Listing and replaying decode it back.
+pub const WIDE_FIELDS: &str = "fields_json";
+
 /// Who may move an entry: its owner only, or anyone once it has been idle long enough.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum MoveGuard {
@@ -156,6 +161,22 @@ impl DeadLetter {
                 *slot = Some(String::from_utf8_lossy(&v).into_owned());
             }
         }
+        // A very wide entry's fields are kept as one JSON array (see the script).
+        if let [(name, json)] = pairs.as_slice() {
+            if name == WIDE_FIELDS {
+                if let Ok(flat) = serde_json::from_slice::<Vec<String>>(json) {
+                    pairs = flat
+                        .chunks(2)
+                        .map(|kv| {
+                            (
+                                kv[0].clone(),
+                                kv.get(1).cloned().unwrap_or_default().into_bytes(),
+                            )
+                        })
+                        .collect();
+                }
+            }
+        }
         DeadLetter {
             id: entry.id,
             reason: meta[0].take(),
@@ -194,17 +215,19 @@ pub async fn count(conn: &mut Connection, stream: &str) -> Result<u64> {
 /// id, or `None` if there is no such dead letter.
 pub async fn replay(conn: &mut Connection, stream: &str, id: EntryId) -> Result<Option<EntryId>> {
     keys::validate_name("stream", stream)?;
+    let dlq = keys::dead_letter(stream);
     let v: Value = REPLAY
-        .key(keys::dead_letter(stream))
+        .key(&dlq)
         .key(stream)
         .arg(id)
         .arg(METADATA_FIELDS.len())
+        .arg(WIDE_FIELDS)
         .invoke_async(conn)
         .await
         .map_err(|e| Error::redis(format!("cannot replay dead letter {id} onto {stream:?}"), e))?;
     match v {
-        Value::Nil | Value::Boolean(false) => Ok(None),
-        Value::Int(0) => Ok(None),
+        Value::Nil | Value::Boolean(false) | Value::Int(0) => Ok(None),
+        Value::Int(_) => replay_wide(conn, stream, &dlq, id).await,
         other => {
             let text = reply::text(&other).ok_or_else(|| {
                 Error::new(
@@ -215,6 +238,36 @@ pub async fn replay(conn: &mut Connection, stream: &str, id: EntryId) -> Result<
             Ok(Some(text.parse()?))
         }
     }
+}
+
+/// Replays a dead letter whose fields are kept as JSON (too many for a script):
+/// decoded here, re-added and removed in one MULTI/EXEC. Two replays of the same
+/// letter at the same moment could both re-add it (a duplicate, never a loss).
+async fn replay_wide(
+    conn: &mut Connection,
+    stream: &str,
+    dlq: &str,
+    id: EntryId,
+) -> Result<Option<EntryId>> {
+    let Some(letter) = crate::read::entry(conn, dlq, id).await? else {
+        return Ok(None);
+    };
+    let letter = DeadLetter::from_entry(letter);
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(stream).arg("*");
+    for (k, v) in letter.fields.iter() {
+        xadd.arg(k).arg(v);
+    }
+    let (new_id, _): (String, i64) = redis::pipe()
+        .atomic()
+        .add_command(xadd)
+        .cmd("XDEL")
+        .arg(dlq)
+        .arg(id)
+        .query_async(conn)
+        .await
+        .map_err(|e| Error::redis(format!("cannot replay dead letter {id} onto {stream:?}"), e))?;
+    Ok(Some(new_id.parse()?))
 }
 
 /// Replays every dead letter of `stream` (see [`replay`]); returns how many.

@@ -37,6 +37,19 @@ pub async fn range_after(
     reply::entries(&Arc::from(stream), v)
 }
 
+/// The entry with exactly this id, if it exists.
+pub async fn entry(conn: &mut Connection, stream: &str, id: EntryId) -> Result<Option<Entry>> {
+    keys::validate_name("stream", stream)?;
+    let v: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(id)
+        .arg(id)
+        .query_async(conn)
+        .await
+        .map_err(|e| Error::redis(format!("cannot read stream {stream:?}"), e))?;
+    Ok(reply::entries(&Arc::from(stream), v)?.pop())
+}
+
 /// The last `count` (at least 1) entries, oldest first (like `tail`).
 pub async fn last(conn: &mut Connection, stream: &str, count: usize) -> Result<Vec<Entry>> {
     keys::validate_name("stream", stream)?;

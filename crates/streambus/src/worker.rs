@@ -216,6 +216,7 @@ impl Worker {
             ));
         }
         let conn = self.client.connect().await?;
+        crate::preflight::warn_about(&mut conn.clone()).await;
         let mut consumer = Consumer::with_shared(
             &self.client,
             conn.clone(),

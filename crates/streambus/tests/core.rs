@@ -583,3 +583,14 @@ async fn plain_reads_do_not_touch_groups() {
         .unwrap();
     assert_eq!(some.iter().map(|e| e.id).collect::<Vec<_>>(), ids[5..7]);
 }
+
+#[tokio::test]
+async fn preflight_reports_the_servers_settings() {
+    let (_, mut conn) = connect().await;
+    let settings = streambus::preflight::inspect(&mut conn).await.unwrap();
+    let (major, _, _) = settings.version.unwrap();
+    assert!(major >= 7);
+    // The test server runs without persistence (the testkit's default).
+    assert_eq!(settings.appendonly, Some(false));
+    assert!(settings.warnings().iter().any(|w| w.contains("appendonly")));
+}

@@ -35,8 +35,16 @@ if maxlen > 0 then
   table.insert(args, maxlen)
 end
 table.insert(args, '*')
-for _, v in ipairs(e[1][2]) do
-  table.insert(args, v)
+local fields = e[1][2]
+if #fields > 7000 then
+  -- Lua's unpack() stops at ~8000 values: keep a very wide entry's fields as
+  -- one JSON array instead (streambus decodes it back when listing or replaying).
+  table.insert(args, 'fields_json')
+  table.insert(args, cjson.encode(fields))
+else
+  for _, v in ipairs(fields) do
+    table.insert(args, v)
+  end
 end
 for _, kv in ipairs({
   {'reason', ARGV[5]}, {'group', ARGV[1]}, {'consumer', owner},
