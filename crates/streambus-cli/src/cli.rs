@@ -1,5 +1,7 @@
 //! Command-line arguments.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -11,7 +13,9 @@ use streambus::{Backoff, EntryId, StartId};
 #[command(name = "streambus", version, about, propagate_version = true)]
 pub struct Cli {
     /// Redis URL: redis://[user:password@]host:port[/db], rediss:// for TLS,
-    /// redis+cluster://host1:port1,host2:port2 for a cluster.
+    /// redis+cluster://host1:port1,host2:port2 for a cluster [default: the
+    /// topology file's `redis`, else redis://127.0.0.1:6379; `demo` and
+    /// `serve` start a private redis-server when none is given].
     // The value may hold a password: never show it (help, errors) except
     // through `Client::display_url`.
     #[arg(
@@ -19,10 +23,14 @@ pub struct Cli {
         global = true,
         env = "REDIS_URL",
         hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379",
         value_name = "URL"
     )]
-    pub redis: String,
+    pub redis: Option<String>,
+
+    /// The topology file (streams, retention, groups, service) every command
+    /// takes its defaults from [default: ./streambus.toml if it exists].
+    #[arg(long, global = true, env = "STREAMBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -37,7 +45,7 @@ impl Cli {
     /// (status 2); a value that fails validation (a bad id or duration) is
     /// reported on one line, since the parser's own message already says it all.
     pub fn parse_or_exit() -> Cli {
-        match Cli::try_parse() {
+        match Cli::try_parse_with_sources() {
             Ok(cli) => cli,
             Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
                 let text = e.render().to_string();
@@ -47,6 +55,20 @@ impl Cli {
             }
             Err(e) => e.exit(),
         }
+    }
+
+    /// Parses the command line, remembering where a secret came from.
+    fn try_parse_with_sources() -> Result<Cli, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches()?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let Command::Serve(args) = &mut cli.command {
+            args.token_on_command_line = matches
+                .subcommand_matches("serve")
+                .and_then(|m| m.value_source("token"))
+                == Some(clap::parser::ValueSource::CommandLine);
+        }
+        Ok(cli)
     }
 }
 
@@ -69,6 +91,14 @@ pub enum Command {
     /// Suggest how many consumers a group should have: the reference rule
     /// (IN / OUT / NO_SCALE) and a throughput-based target.
     Scale(ScaleArgs),
+    /// Serve the dashboard, the JSON API, the WebSocket relay and /metrics.
+    Serve(ServeArgs),
+    /// Run the SOC pipeline of the reference in one process, with the
+    /// dashboard: alerts in, tasks and results out, a worker killed and
+    /// restarted, malformed alerts dead-lettered; then prove nothing was lost.
+    Demo(DemoArgs),
+    /// Check a topology file, or create its streams' groups in Redis.
+    Topology(TopologyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +120,8 @@ pub struct PublishArgs {
     )]
     pub fields: Vec<(String, String)>,
 
-    /// Keep about N entries in the stream (XADD MAXLEN ~ N).
+    /// Keep about N entries in the stream (XADD MAXLEN ~ N) [default: the
+    /// stream's retention in the topology file, else unbounded].
     #[arg(long, value_name = "N")]
     pub maxlen: Option<u64>,
 
@@ -149,22 +180,25 @@ pub struct ConsumeArgs {
     #[arg(short, long, value_name = "NAME")]
     pub consumer: Option<String>,
 
-    /// Most entries per read.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub batch_size: usize,
+    /// Most entries per read [default: the group's batch_size in the topology
+    /// file, else 10].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
 
-    /// How long one read waits to fill a batch (e.g. 500ms, 5s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
-    pub max_wait: Duration,
+    /// How long one read waits to fill a batch (e.g. 500ms, 5s) [default: the
+    /// group's max_wait in the topology file, else 2s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_wait: Option<Duration>,
 
     /// Stop after this many entries (default: run until Ctrl-C). With --exec:
     /// after this many were acknowledged or dead-lettered.
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
 
-    /// Where a newly created group starts: 0, $ or an entry id.
-    #[arg(long, value_name = "ID|$|0", default_value = "0")]
-    pub from: StartId,
+    /// Where a newly created group starts: 0, $ or an entry id [default: the
+    /// group's start in the topology file, else 0].
+    #[arg(long, value_name = "ID|$|0")]
+    pub from: Option<StartId>,
 
     /// Run `sh -c CMD` for each entry instead of printing it: the entry's JSON
     /// line on its stdin, STREAMBUS_STREAM, STREAMBUS_ENTRY_ID,
@@ -423,6 +457,82 @@ pub struct ScaleArgs {
     /// [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub target_drain: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen [default: the topology file's service.listen, else
+    /// 127.0.0.1:8080]. Beyond loopback a token is required.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// The bearer token the API, /metrics and the WebSocket require (at least
+    /// 16 characters; e.g. `openssl rand -hex 32`). Prefer the environment
+    /// variable: a command line is visible to other users.
+    #[arg(
+        long,
+        env = "STREAMBUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Whether the token was typed on the command line (not taken from the
+    /// environment): only then may it be shown back, in the dashboard's link.
+    #[arg(skip)]
+    pub token_on_command_line: bool,
+
+    /// The streams to show and relay, comma-separated [default: the topology
+    /// file's service.streams, else any stream asked for].
+    #[arg(long, value_name = "S1,S2,...", value_delimiter = ',')]
+    pub streams: Vec<String>,
+
+    /// A browser origin (https://host[:port]) besides the service's own that
+    /// may open the WebSocket. Repeatable.
+    #[arg(long = "allowed-origin", value_name = "URL")]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to run [default: until Ctrl-C].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub duration: Option<Duration>,
+
+    /// Alerts published per second, security and CPS alerts together.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+
+    /// Where the dashboard listens [default: the topology file's
+    /// service.listen, else 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_serve")]
+    pub listen: Option<SocketAddr>,
+
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    #[command(subcommand)]
+    pub command: TopologyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Check a topology file: syntax, names, durations, start ids; errors
+    /// name the line and the field.
+    Check {
+        /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
+        file: Option<PathBuf>,
+    },
+    /// Create the groups (and their streams) of the topology file in Redis;
+    /// report what exists, was created or differs. Never deletes anything.
+    Apply {
+        /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
+        file: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

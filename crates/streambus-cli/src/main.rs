@@ -11,17 +11,26 @@
 //! - [`cmd`]: one module per command (`consume --exec` in its own, `exec`).
 //! - [`output`]: the buffered JSON-line writer over stdout.
 //! - [`shutdown`]: Ctrl-C / SIGTERM.
+//! - [`topology`]: the topology file (`streambus.toml`) every command takes
+//!   its defaults from.
+//! - [`embedded`]: a private `redis-server` for `demo` and `serve` when no
+//!   Redis is given.
 
 use std::process::ExitCode;
 
 mod cli;
 mod cmd;
+mod embedded;
 mod output;
 mod shutdown;
+mod topology;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse_or_exit();
-    init_tracing(cli.verbose);
+    // The demo dead-letters malformed alerts on purpose and kills a worker:
+    // the worker's warnings about that would drown its progress display.
+    let quiet = matches!(cli.command, cli::Command::Demo(_)).then_some("streambus::worker=error");
+    init_tracing(cli.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,14 +59,16 @@ fn main() -> ExitCode {
 
 /// `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` wins when set. Logs go to
 /// stderr, so stdout stays machine-readable.
-fn init_tracing(verbose: u8) {
+/// `quiet`: a directive added at the default level only.
+fn init_tracing(verbose: u8, quiet: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(match verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
+        EnvFilter::new(match (verbose, quiet) {
+            (0, Some(q)) => format!("warn,{q}"),
+            (0, None) => "warn".to_owned(),
+            (1, _) => "info".to_owned(),
+            (2, _) => "debug".to_owned(),
+            _ => "trace".to_owned(),
         })
     });
     tracing_subscriber::fmt()

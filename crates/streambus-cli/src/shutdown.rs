@@ -15,6 +15,8 @@ pub fn on_signal() -> (CancellationToken, AbortOnDropHandle<()>) {
         tracing::info!("shutting down (signal again to exit at once)");
         cancel.cancel();
         signal().await;
+        // `exit` runs no destructor: stop a private redis-server first.
+        crate::embedded::terminate_all();
         std::process::exit(130);
     });
     (token, AbortOnDropHandle::new(task))

@@ -31,6 +31,7 @@ use streambus::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use super::consume::Defaults;
 use crate::cli::ConsumeArgs;
 use crate::shutdown;
 
@@ -61,24 +62,61 @@ const STDERR_DRAIN: Duration = Duration::from_millis(200);
 /// The longest stderr line kept for a reason, in bytes.
 const MAX_REASON_LINE: usize = 300;
 
-pub async fn run(client: &Client, args: ConsumeArgs, command: String) -> Result<()> {
-    let retry_backoff = args.backoff.unwrap_or_else(default_backoff);
-    let max_deliveries = args.max_deliveries.unwrap_or(MAX_DELIVERIES);
-    let options = WorkerOptions {
-        concurrency: args.concurrency.unwrap_or(CONCURRENCY),
-        batch_size: args.batch_size,
-        block: args.max_wait,
-        visibility_timeout: args.visibility_timeout.unwrap_or(VISIBILITY_TIMEOUT),
-        reclaim_interval: retry_backoff
-            .base
-            .clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL),
-        max_deliveries,
-        retry_backoff,
-        shutdown_grace: args.grace.unwrap_or(GRACE),
-        ordered_by_key: args.ordered_by_key,
-        start: args.from,
+pub async fn run(
+    client: &Client,
+    args: ConsumeArgs,
+    command: String,
+    topology: Defaults<'_>,
+) -> Result<()> {
+    // Built-in defaults, then the topology file's group settings, then flags.
+    let base = WorkerOptions {
+        concurrency: CONCURRENCY,
+        batch_size: super::consume::BATCH_SIZE,
+        block: super::consume::MAX_WAIT,
+        visibility_timeout: VISIBILITY_TIMEOUT,
+        max_deliveries: MAX_DELIVERIES,
+        retry_backoff: default_backoff(),
+        shutdown_grace: GRACE,
+        dead_letter_maxlen: topology.dead_letter_maxlen,
         ..Default::default()
     };
+    let mut options = match topology.group {
+        Some(spec) => spec.apply(base),
+        None => base,
+    };
+    let o = &mut options;
+    if let Some(v) = args.concurrency {
+        o.concurrency = v;
+    }
+    if let Some(v) = args.batch_size {
+        o.batch_size = v;
+    }
+    if let Some(v) = args.max_wait {
+        o.block = v;
+    }
+    if let Some(v) = args.visibility_timeout {
+        o.visibility_timeout = v;
+    }
+    if let Some(v) = args.max_deliveries {
+        o.max_deliveries = v;
+    }
+    if let Some(v) = args.backoff {
+        o.retry_backoff = v;
+    }
+    if let Some(v) = args.grace {
+        o.shutdown_grace = v;
+    }
+    if args.ordered_by_key {
+        o.ordered_by_key = true;
+    }
+    if let Some(v) = args.from {
+        o.start = v;
+    }
+    o.reclaim_interval = o
+        .retry_backoff
+        .base
+        .clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL);
+    let max_deliveries = o.max_deliveries;
     if args.count == Some(0) {
         return Ok(());
     }

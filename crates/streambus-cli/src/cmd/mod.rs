@@ -1,31 +1,108 @@
 //! One module per command; [`run`] dispatches.
+//!
+//! Where Redis is: `--redis`, else `REDIS_URL`, else the topology file's
+//! `redis`, else `redis://127.0.0.1:6379`; except that `demo` runs on a private
+//! `redis-server` unless a Redis was given (it writes a lot: never into a Redis
+//! nobody named), and `serve` starts one when none was given and nothing
+//! answers on 127.0.0.1:6379 (see [`crate::embedded`]).
 
 use anyhow::Result;
 use streambus::{Client, Connection};
 
 use crate::cli::{Cli, Command};
+use crate::embedded::{self, EmbeddedRedis};
+use crate::topology::{self, Topology};
 
 mod consume;
+mod demo;
 mod dlq;
 mod exec;
 mod groups;
 mod monitor;
 mod publish;
 mod scale;
+mod serve;
 mod tail;
+mod topology_cmd;
+
+/// Where Redis is when nothing says otherwise.
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let client = Client::open(&cli.redis)?;
-    tracing::debug!(redis = client.display_url(), "using Redis");
+    let explicit_file = cli.config.as_deref();
+    if let Command::Topology(args) = cli.command {
+        return topology_cmd::run(args, explicit_file, cli.redis.as_deref()).await;
+    }
+    let file = topology::locate(explicit_file);
+    let topology = match &file {
+        Some(path) => {
+            let t = Topology::load(path)?;
+            tracing::debug!(file = %path.display(), "using topology file");
+            Some(t)
+        }
+        None => None,
+    };
+    // Given: on the command line, in the environment or in the file.
+    let given = cli
+        .redis
+        .clone()
+        .or_else(|| topology.as_ref().and_then(|t| t.redis.clone()));
     match cli.command {
-        Command::Publish(args) => publish::run(&client, args).await,
+        Command::Demo(args) => {
+            let (client, _embedded) = match given {
+                Some(url) => (Client::open(&url)?, None),
+                None => {
+                    let server = start_embedded("")?;
+                    (Client::open(&server.url())?, Some(server))
+                }
+            };
+            return demo::run(&client, args, topology.as_ref()).await;
+        }
+        Command::Serve(args) => return serve::run(given, args, topology.as_ref()).await,
+        _ => {}
+    }
+    let client = Client::open(given.as_deref().unwrap_or(DEFAULT_REDIS))?;
+    tracing::debug!(redis = client.display_url(), "using Redis");
+    let topology = topology.as_ref();
+    match cli.command {
+        Command::Publish(args) => publish::run(&client, args, topology).await,
         Command::Tail(args) => tail::run(&client, args).await,
-        Command::Consume(args) => consume::run(&client, args).await,
+        Command::Consume(args) => consume::run(&client, args, topology).await,
         Command::Groups(args) => groups::run(&client, args).await,
         Command::Dlq(args) => dlq::run(&client, args).await,
         Command::Monitor(args) => monitor::run(&client, args).await,
         Command::Scale(args) => scale::run(&client, args).await,
+        Command::Demo(_) | Command::Serve(_) | Command::Topology(_) => {
+            unreachable!("handled above")
+        }
     }
+}
+
+/// Starts the private redis-server and says so on stderr.
+fn start_embedded(why_not_local: &str) -> Result<EmbeddedRedis> {
+    let server = EmbeddedRedis::start()?;
+    eprintln!(
+        "no Redis given{why_not_local}: started a private redis-server on 127.0.0.1:{} (data in {}; pid {}; stopped and deleted on exit)",
+        server.port(),
+        server.dir().display(),
+        server.pid()
+    );
+    Ok(server)
+}
+
+/// `serve`'s Redis: the one given, else the one answering on 127.0.0.1:6379,
+/// else a private one (returned, to be stopped on drop).
+fn serve_redis(given: Option<String>) -> Result<(Client, Option<EmbeddedRedis>)> {
+    if let Some(url) = given {
+        return Ok((Client::open(&url)?, None));
+    }
+    let probe = embedded::probe_addr();
+    if embedded::answers(probe) {
+        eprintln!("no Redis given: using the one on {probe}");
+        return Ok((Client::open(&format!("redis://{probe}"))?, None));
+    }
+    let server = start_embedded(&format!(" and none on {probe}"))?;
+    Ok((Client::open(&server.url())?, Some(server)))
 }
 
 /// The shared connection. The library's error already names the (masked) URL

@@ -7,6 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use crate::cli::PublishArgs;
 use crate::output::Lines;
+use crate::topology::Topology;
 
 /// Most stdin lines published in one pipeline; also bounds memory (with the
 /// message size limit).
@@ -14,12 +15,16 @@ const CHUNK_LINES: usize = 1000;
 /// Read buffer for stdin: enough for many lines per chunk from a file.
 const STDIN_BUFFER: usize = 256 * 1024;
 
-pub async fn run(client: &Client, args: PublishArgs) -> Result<()> {
-    let defaults = ProducerOptions::default();
+pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>) -> Result<()> {
+    // --maxlen, else the stream's retention in the topology file, else none.
+    let file_retention = topology
+        .and_then(|t| t.stream(&args.stream))
+        .map(|s| s.retention.0)
+        .unwrap_or_default();
     let options = ProducerOptions {
         max_message_bytes: args.max_message_bytes,
-        retention: args.maxlen.map_or(defaults.retention, Retention::max_len),
-        ..defaults
+        retention: args.maxlen.map_or(file_retention, Retention::max_len),
+        ..Default::default()
     };
 
     // Check everything given as arguments before connecting: a bad argument
