@@ -521,4 +521,34 @@ mod tests {
             Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
         );
     }
+
+    mod fuzz {
+        //! The topology parser takes files users edit by hand: no input may panic,
+        //! and every error names a line.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,200}") {
+                let _ = Topology::parse(&text);
+            }
+
+            #[test]
+            fn damaged_example_files_give_line_numbered_errors(
+                cut in 0usize..EXAMPLE.len(),
+                at in 0usize..EXAMPLE.len(),
+                junk in "[ -~\n]{0,6}",
+            ) {
+                // Truncated, and with a few characters replaced.
+                let mut text = EXAMPLE[..EXAMPLE.floor_char_boundary(cut)].to_owned();
+                let at = text.floor_char_boundary(at.min(text.len()));
+                text.replace_range(at..text.ceil_char_boundary((at + junk.len()).min(text.len())), &junk);
+                if let Err(e) = Topology::parse(&text) {
+                    let shown = e.to_string();
+                    prop_assert!(shown.contains("line "), "{}", shown);
+                }
+            }
+        }
+    }
 }
