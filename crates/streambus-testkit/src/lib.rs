@@ -1,4 +1,4 @@
-//! Start a private, **real** `redis-server` for tests.
+//! Start a private, **real** `redis-server` (or Redis Cluster) for tests.
 //!
 //! [`RedisServer`] launches its own `redis-server` process on a free port of
 //! `127.0.0.1`, with its own temporary data directory, and waits until the
@@ -8,7 +8,9 @@
 //!
 //! Because the server is real, tests can exercise what mocks cannot: AOF
 //! durability across a crash ([`RedisServer::kill`] + [`RedisServer::restart`]
-//! on the same port and directory), passwords, ACL users and server flags.
+//! on the same port and directory), passwords, ACL users, server flags,
+//! TLS ([`ServerOptions::tls`], with generated certificates) and Redis
+//! Cluster failover ([`RedisCluster`]).
 //!
 //! The `redis-server` and `redis-cli` binaries must be installed (`sudo
 //! apt-get install -y redis-server` on Debian/Ubuntu, `brew install redis` on
@@ -39,6 +41,40 @@
 //! assert_eq!(server.cli(&["XLEN", &stream]), "1");
 //! ```
 //!
+//! # TLS
+//!
+//! ```no_run
+//! use streambus_testkit::{RedisServer, ServerOptions, TlsOptions};
+//!
+//! let server = RedisServer::start_with(ServerOptions {
+//!     tls: Some(TlsOptions { require_client_cert: true }),
+//!     ..ServerOptions::default()
+//! });
+//! let url = server.tls_url(); // rediss://127.0.0.1:PORT
+//! let ca = server.ca_cert_path(); // trust this; present client.crt/.key
+//! # let _ = (url, ca, server.client_cert_path(), server.client_key_path());
+//! assert_eq!(server.cli(&["PING"]), "PONG"); // redis-cli --tls ...
+//! ```
+//!
+//! Certificates are generated in-process (`rcgen`, ECDSA P-256), so no
+//! `openssl` binary is needed; `redis-cli` must be built with TLS (Debian's
+//! and Homebrew's are).
+//!
+//! # Cluster
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use streambus_testkit::RedisCluster;
+//!
+//! let mut cluster = RedisCluster::start(3, 1); // 3 masters, 1 replica each
+//! let url = cluster.url(); // redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...
+//! # let _ = url;
+//! let master = cluster.masters()[0];
+//! cluster.kill_node(master);
+//! let promoted = cluster.wait_for_failover(master, Duration::from_secs(20)).unwrap();
+//! # let _ = promoted;
+//! ```
+//!
 //! # Lifetime
 //!
 //! The server lives exactly as long as its [`RedisServer`]. Values in a
@@ -51,15 +87,23 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::hash::BuildHasher;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
+
+mod certs;
+mod cluster;
+
+use certs::{
+    write_test_certs, CA_CERT, CLIENT_CERT, CLIENT_KEY, OTHER_CA_CERT, SERVER_CERT, SERVER_KEY,
+};
+pub use cluster::{slot_for_key, ClusterNode, ClusterOptions, NodeRole, RedisCluster};
 
 /// The address every server started by this crate listens on.
 const HOST: &str = "127.0.0.1";
@@ -73,6 +117,8 @@ const LOG_TAIL_LINES: usize = 50;
 const CONF_FILE: &str = "redis.conf";
 /// Name of the server log file inside the data directory.
 const LOG_FILE: &str = "redis.log";
+/// Name of a cluster node's `cluster-config-file` inside its data directory.
+const NODES_CONF: &str = "nodes.conf";
 /// Where the child's stdout/stderr go: `redis-server` prints configuration
 /// errors there before it opens its log file.
 const STDIO_FILE: &str = "redis.stdio.log";
@@ -163,6 +209,31 @@ pub struct ServerOptions {
     /// The `redis-server` binary to run; overrides [`redis_server_bin`]
     /// (`$REDIS_SERVER_BIN` or `redis-server`). Default `None`.
     pub binary: Option<String>,
+    /// Serve TLS only (no plain-text port), with certificates generated in
+    /// the server's directory. Default `None` (plain TCP). See [`TlsOptions`].
+    pub tls: Option<TlsOptions>,
+}
+
+/// TLS for a [`RedisServer`] ([`ServerOptions::tls`]).
+///
+/// When set, the testkit generates in the server's directory (once; restarts
+/// reuse them):
+///
+/// | file | what |
+/// |---|---|
+/// | `ca.crt`, `ca.key` | a test CA |
+/// | `server.crt`, `server.key` | the server's certificate, signed by the CA, for `DNS:localhost` and `IP:127.0.0.1` |
+/// | `client.crt`, `client.key` | a client certificate signed by the same CA |
+/// | `other-ca.crt` | an unrelated CA, for "wrong CA" tests |
+///
+/// The server then listens with `port 0` (no plain-text port) and
+/// `tls-port` = [`RedisServer::port`]. Keys are ECDSA P-256.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Require clients to present a certificate signed by the test CA
+    /// (`tls-auth-clients yes`). Default `false` (`tls-auth-clients no`:
+    /// a client certificate is optional, but checked if one is sent).
+    pub require_client_cert: bool,
 }
 
 impl Default for ServerOptions {
@@ -175,6 +246,7 @@ impl Default for ServerOptions {
             extra_args: Vec::new(),
             startup_timeout: Duration::from_secs(10),
             binary: None,
+            tls: None,
         }
     }
 }
@@ -233,6 +305,26 @@ pub enum TestkitError {
         /// The command line that was run.
         command: String,
     },
+    /// Generating the TLS test certificates failed.
+    Certificates(String),
+    /// The options cannot work, e.g. a cluster of fewer than 3 masters.
+    InvalidOptions(String),
+    /// `redis-cli --cluster create` failed or timed out.
+    ClusterCreate {
+        /// The command line that was run.
+        command: String,
+        /// What it printed (stdout and stderr), or why it could not run.
+        output: String,
+    },
+    /// A [`RedisCluster`] did not reach the awaited state in time.
+    ClusterNotReady {
+        /// What was awaited.
+        awaited: String,
+        /// How long we waited.
+        waited: Duration,
+        /// What each node reported last.
+        state: String,
+    },
 }
 
 impl fmt::Display for TestkitError {
@@ -260,6 +352,22 @@ impl fmt::Display for TestkitError {
                 f,
                 "redis-server exited while starting ({status})\n\
                  command: {command}\n--- server log (tail) ---\n{log}"
+            ),
+            TestkitError::Certificates(msg) => {
+                write!(f, "cannot generate TLS test certificates: {msg}")
+            }
+            TestkitError::InvalidOptions(msg) => write!(f, "invalid testkit options: {msg}"),
+            TestkitError::ClusterCreate { command, output } => write!(
+                f,
+                "creating the test cluster failed\ncommand: {command}\n--- output ---\n{output}"
+            ),
+            TestkitError::ClusterNotReady {
+                awaited,
+                waited,
+                state,
+            } => write!(
+                f,
+                "test cluster: not {awaited} after {waited:?}\n--- nodes ---\n{state}"
             ),
         }
     }
@@ -303,6 +411,32 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+/// `n` distinct free ports, all bound at the same time so that none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .expect("bind 127.0.0.1:0 to find a free port")
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .expect("local address of a bound socket")
+                .port()
+        })
+        .collect()
+}
+
+/// The cluster part of a node's configuration.
+struct ClusterConf {
+    /// `cluster-port`: the cluster bus.
+    bus_port: u16,
+    /// `cluster-node-timeout`.
+    node_timeout: Duration,
 }
 
 /// A key prefix unique to this call, `"t:{label}:{8 hex digits}:"`, so tests
@@ -388,16 +522,43 @@ impl RedisServer {
     /// If the chosen port is taken by someone else before the server binds
     /// it, another free port is tried (up to 5 ports).
     pub fn try_start_with(opts: ServerOptions) -> Result<RedisServer, TestkitError> {
-        let dir = tempfile::Builder::new()
-            .prefix("streambus-redis-")
-            .tempdir()?;
+        RedisServer::start_node(opts, None, None)
+    }
+
+    /// Start a server in a new temp dir (inside `parent` if given), as a
+    /// cluster node if `cluster` is given (`cluster-node-timeout`).
+    fn start_node(
+        opts: ServerOptions,
+        parent: Option<&Path>,
+        cluster: Option<Duration>,
+    ) -> Result<RedisServer, TestkitError> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(if parent.is_some() {
+            "node-"
+        } else {
+            "streambus-redis-"
+        });
+        let dir = match parent {
+            Some(parent) => builder.tempdir_in(parent)?,
+            None => builder.tempdir()?,
+        };
+        if opts.tls.is_some() {
+            write_test_certs(dir.path())?;
+        }
         let child = Mutex::new(None);
         let mut attempt = 1;
         loop {
-            let port = free_port();
+            // A cluster node also needs a bus port; take both at once so
+            // they differ (the default, PORT + 10000, may exceed 65535).
+            let ports = free_ports(if cluster.is_some() { 2 } else { 1 });
+            let port = ports[0];
+            let node = cluster.map(|node_timeout| ClusterConf {
+                bus_port: ports[1],
+                node_timeout,
+            });
             fs::write(
                 dir.path().join(CONF_FILE),
-                render_conf(&opts, port, dir.path()),
+                render_conf(&opts, port, dir.path(), node.as_ref()),
             )?;
             let log_offset = log_len(dir.path());
             match launch(&opts, port, dir.path(), &child) {
@@ -434,22 +595,105 @@ impl RedisServer {
     /// A connection URL: `redis://127.0.0.1:PORT`, or
     /// `redis://:PASSWORD@127.0.0.1:PORT` when a password is set (the
     /// password percent-encoded).
+    ///
+    /// For a TLS server ([`ServerOptions::tls`]) the scheme is `rediss://`,
+    /// the same as [`RedisServer::tls_url`]: there is no plain-text port.
     pub fn url(&self) -> String {
+        let scheme = self.scheme();
         match self.opts.default_password() {
-            Some(pass) => format!("redis://:{}@{HOST}:{}", percent_encode(pass), self.port),
-            None => format!("redis://{HOST}:{}", self.port),
+            Some(pass) => format!("{scheme}://:{}@{HOST}:{}", percent_encode(pass), self.port),
+            None => format!("{scheme}://{HOST}:{}", self.port),
         }
     }
 
     /// A connection URL for an ACL user: `redis://USER:PASSWORD@127.0.0.1:PORT`
-    /// (both percent-encoded).
+    /// (both percent-encoded); `rediss://` for a TLS server.
     pub fn url_for_user(&self, user: &str, password: &str) -> String {
         format!(
-            "redis://{}:{}@{HOST}:{}",
+            "{}://{}:{}@{HOST}:{}",
+            self.scheme(),
             percent_encode(user),
             percent_encode(password),
             self.port
         )
+    }
+
+    /// Whether the server serves TLS ([`ServerOptions::tls`] was set).
+    pub fn is_tls(&self) -> bool {
+        self.opts.tls.is_some()
+    }
+
+    /// The TLS connection URL: `rediss://127.0.0.1:PORT`, or
+    /// `rediss://:PASSWORD@127.0.0.1:PORT` with a password.
+    ///
+    /// The client must trust [`RedisServer::ca_cert_path`] (and present
+    /// [`RedisServer::client_cert_path`] / [`RedisServer::client_key_path`]
+    /// when [`TlsOptions::require_client_cert`] is set).
+    ///
+    /// # Panics
+    ///
+    /// If the server was started without [`ServerOptions::tls`], like every
+    /// TLS accessor: asking for TLS details of a plain server is a bug in
+    /// the test. Check [`RedisServer::is_tls`] if you need to.
+    pub fn tls_url(&self) -> String {
+        self.tls_file("tls_url", "");
+        self.url()
+    }
+
+    /// The test CA certificate (`DIR/ca.crt`, PEM) that signed the server
+    /// and client certificates; clients must trust it.
+    ///
+    /// # Panics
+    ///
+    /// If TLS is off (see [`RedisServer::tls_url`]).
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.tls_file("ca_cert_path", CA_CERT)
+    }
+
+    /// The client certificate (`DIR/client.crt`, PEM), signed by the test CA.
+    ///
+    /// # Panics
+    ///
+    /// If TLS is off (see [`RedisServer::tls_url`]).
+    pub fn client_cert_path(&self) -> PathBuf {
+        self.tls_file("client_cert_path", CLIENT_CERT)
+    }
+
+    /// The client certificate's private key (`DIR/client.key`, PKCS#8 PEM).
+    ///
+    /// # Panics
+    ///
+    /// If TLS is off (see [`RedisServer::tls_url`]).
+    pub fn client_key_path(&self) -> PathBuf {
+        self.tls_file("client_key_path", CLIENT_KEY)
+    }
+
+    /// A second CA certificate (`DIR/other-ca.crt`, PEM), unrelated to the
+    /// server's: a client trusting only this one must fail the handshake.
+    ///
+    /// # Panics
+    ///
+    /// If TLS is off (see [`RedisServer::tls_url`]).
+    pub fn other_ca_cert_path(&self) -> PathBuf {
+        self.tls_file("other_ca_cert_path", OTHER_CA_CERT)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.is_tls() {
+            "rediss"
+        } else {
+            "redis"
+        }
+    }
+
+    /// `DIR/name`, or a panic naming `accessor` when TLS is off.
+    fn tls_file(&self, accessor: &str, name: &str) -> PathBuf {
+        assert!(
+            self.is_tls(),
+            "RedisServer::{accessor}: this server was started without TLS; \
+             set `ServerOptions {{ tls: Some(TlsOptions::default()), .. }}`"
+        );
+        self.dir.path().join(name)
     }
 
     /// The data directory (the AOF lives here, under `appendonlydir/`).
@@ -550,11 +794,13 @@ impl RedisServer {
     /// A `redis-cli -h 127.0.0.1 -p PORT` command **without** credentials,
     /// for tests that authenticate differently (`--user NAME --pass PASS`)
     /// or check that unauthenticated access is refused.
+    ///
+    /// For a TLS server it also has `--tls --cacert DIR/ca.crt --cert
+    /// DIR/client.crt --key DIR/client.key` (the client certificate is the
+    /// connection's identity, not a password). To test other TLS settings,
+    /// build the command yourself from [`redis_cli_bin`].
     pub fn cli_command(&self) -> Command {
-        let mut cmd = Command::new(redis_cli_bin());
-        cmd.args(["-h", HOST, "-p", &self.port.to_string()])
-            .stdin(Stdio::null());
-        cmd
+        cli_base(self.port, self.opts.tls.is_some().then(|| self.dir.path()))
     }
 
     /// The `redis-server` command line, for messages.
@@ -632,7 +878,12 @@ fn launch(
                 command: command_line(opts, dir),
             });
         }
-        let last_reply = match probe(port, opts.default_password(), pid) {
+        let probed = if opts.tls.is_some() {
+            probe_tls(port, opts.default_password(), pid, dir)
+        } else {
+            probe(port, opts.default_password(), pid)
+        };
+        let last_reply = match probed {
             Ok(()) => return Ok(()),
             Err(reply) => reply,
         };
@@ -704,37 +955,23 @@ fn reap_if_exited(child: &mut Option<Child>) {
 /// server is our process (`INFO server` → `process_id`), not someone else
 /// who grabbed the port. `Err` carries the reply or error seen, for messages.
 fn probe(port: u16, password: Option<&str>, pid: u32) -> Result<(), String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-        .map_err(|e| format!("connect: {e}"))?;
-    let io_err = |e: io::Error| format!("i/o: {e}");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .map_err(io_err)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(1)))
-        .map_err(io_err)?;
-    let mut writer = stream.try_clone().map_err(io_err)?;
-    let mut reader = BufReader::new(stream);
-
+    let mut conn = RespConn::connect(port)?;
     if let Some(pass) = password {
-        writer
-            .write_all(&resp_command(&["AUTH", "default", pass]))
-            .map_err(io_err)?;
-        let reply = read_reply(&mut reader).map_err(io_err)?;
+        let reply = conn.call(&["AUTH", "default", pass])?;
         if reply != "+OK" {
             return Err(format!("AUTH: {reply}"));
         }
     }
-    writer.write_all(&resp_command(&["PING"])).map_err(io_err)?;
-    let reply = read_reply(&mut reader).map_err(io_err)?;
+    let reply = conn.call(&["PING"])?;
     if reply != "+PONG" {
         return Err(format!("PING: {reply}"));
     }
-    writer
-        .write_all(&resp_command(&["INFO", "server"]))
-        .map_err(io_err)?;
-    let info = read_reply(&mut reader).map_err(io_err)?;
+    let info = conn.call(&["INFO", "server"])?;
+    check_pid(port, pid, &info)
+}
+
+/// Whether `INFO server` output is from process `pid`.
+fn check_pid(port: u16, pid: u32, info: &str) -> Result<(), String> {
     let expected = format!("process_id:{pid}");
     if info.lines().any(|l| l.trim() == expected) {
         Ok(())
@@ -743,6 +980,128 @@ fn probe(port: u16, password: Option<&str>, pid: u32) -> Result<(), String> {
             "port {port} is answered by another process (expected {expected})"
         ))
     }
+}
+
+/// The readiness check of a TLS server, through `redis-cli --tls` (this
+/// crate speaks no TLS itself): `INFO server` must answer (not `LOADING`)
+/// and come from our process.
+fn probe_tls(port: u16, password: Option<&str>, pid: u32, dir: &Path) -> Result<(), String> {
+    let mut cmd = cli_base(port, Some(dir));
+    if let Some(pass) = password {
+        cmd.args(["-a", pass, "--no-auth-warning"]);
+    }
+    cmd.args(["INFO", "server"]);
+    let out = output_with_timeout(cmd, Duration::from_secs(2))
+        .map_err(|e| format!("cannot run {}: {e}", redis_cli_bin()))?
+        .ok_or_else(|| "redis-cli --tls timed out".to_owned())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if stdout.contains("process_id:") {
+        return check_pid(port, pid, &stdout);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(
+        format!("redis-cli --tls: {} {}", stdout.trim(), stderr.trim())
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT`, plus the TLS flags (trusting
+/// `DIR/ca.crt`, presenting `DIR/client.crt`) when `tls_dir` is given.
+fn cli_base(port: u16, tls_dir: Option<&Path>) -> Command {
+    let mut cmd = Command::new(redis_cli_bin());
+    cmd.args(["-h", HOST, "-p", &port.to_string()])
+        .stdin(Stdio::null());
+    if let Some(dir) = tls_dir {
+        cmd.arg("--tls")
+            .arg("--cacert")
+            .arg(dir.join(CA_CERT))
+            .arg("--cert")
+            .arg(dir.join(CLIENT_CERT))
+            .arg("--key")
+            .arg(dir.join(CLIENT_KEY));
+    }
+    cmd
+}
+
+/// Run `cmd` (stdout and stderr captured) and wait at most `timeout`;
+/// `Ok(None)` if it had to be killed.
+fn output_with_timeout(mut cmd: Command, timeout: Duration) -> io::Result<Option<Output>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Drain both pipes while waiting, so a chatty child never blocks.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
+/// A plain-TCP RESP connection to a local server, for readiness and cluster
+/// state checks (no TLS).
+struct RespConn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl RespConn {
+    fn connect(port: u16) -> Result<RespConn, String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .map_err(|e| format!("connect: {e}"))?;
+        let io_err = |e: io::Error| format!("i/o: {e}");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(io_err)?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .map_err(io_err)?;
+        let writer = stream.try_clone().map_err(io_err)?;
+        Ok(RespConn {
+            writer,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Send one command and read its (non-array) reply; see [`read_reply`].
+    fn call(&mut self, args: &[&str]) -> Result<String, String> {
+        let io_err = |e: io::Error| format!("i/o: {e}");
+        self.writer.write_all(&resp_command(args)).map_err(io_err)?;
+        read_reply(&mut self.reader).map_err(io_err)
+    }
+}
+
+/// One command on a fresh connection to `port`.
+fn query(port: u16, args: &[&str]) -> Result<String, String> {
+    RespConn::connect(port)?.call(args)
 }
 
 /// Encode a command as a RESP array of bulk strings (binary safe, so
@@ -785,9 +1144,16 @@ fn read_reply(reader: &mut impl BufRead) -> io::Result<String> {
 }
 
 /// The generated `redis.conf`.
-fn render_conf(opts: &ServerOptions, port: u16, dir: &Path) -> String {
+fn render_conf(
+    opts: &ServerOptions,
+    port: u16,
+    dir: &Path,
+    cluster: Option<&ClusterConf>,
+) -> String {
+    // A TLS server has no plain-text port.
+    let plain_port = if opts.tls.is_some() { 0 } else { port };
     let mut lines: Vec<Vec<String>> = vec![
-        vec!["port".into(), port.to_string()],
+        vec!["port".into(), plain_port.to_string()],
         vec!["bind".into(), HOST.into()],
         vec!["protected-mode".into(), "no".into()],
         vec!["daemonize".into(), "no".into()],
@@ -804,6 +1170,35 @@ fn render_conf(opts: &ServerOptions, port: u16, dir: &Path) -> String {
     }
     if let Some(pass) = opts.password.as_deref().filter(|p| !p.is_empty()) {
         lines.push(vec!["requirepass".into(), pass.into()]);
+    }
+    if let Some(tls) = &opts.tls {
+        let file = |name: &str| dir.join(name).display().to_string();
+        lines.extend([
+            vec!["tls-port".into(), port.to_string()],
+            vec!["tls-cert-file".into(), file(SERVER_CERT)],
+            vec!["tls-key-file".into(), file(SERVER_KEY)],
+            vec!["tls-ca-cert-file".into(), file(CA_CERT)],
+            vec![
+                "tls-auth-clients".into(),
+                if tls.require_client_cert { "yes" } else { "no" }.into(),
+            ],
+        ]);
+    }
+    if let Some(node) = cluster {
+        lines.extend([
+            vec!["cluster-enabled".into(), "yes".into()],
+            vec![
+                "cluster-config-file".into(),
+                dir.join(NODES_CONF).display().to_string(),
+            ],
+            vec![
+                "cluster-node-timeout".into(),
+                node.node_timeout.as_millis().to_string(),
+            ],
+            vec!["cluster-port".into(), node.bus_port.to_string()],
+            // Replicas sync at once instead of waiting 5 s for company.
+            vec!["repl-diskless-sync-delay".into(), "0".into()],
+        ]);
     }
     for user in &opts.acl_users {
         let mut line = vec![
@@ -916,7 +1311,7 @@ mod tests {
             acl_users: vec![AclUser::new("bob", "s3cret", ["~ev:*", "+ping"])],
             ..ServerOptions::default()
         };
-        let conf = render_conf(&opts, 1234, Path::new("/tmp/x"));
+        let conf = render_conf(&opts, 1234, Path::new("/tmp/x"), None);
         for needle in [
             "port \"1234\"",
             "save \"\"",
