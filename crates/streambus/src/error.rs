@@ -140,6 +140,9 @@ impl Error {
                 " (create the group first, e.g. `streambus groups STREAM --create GROUP`)"
             }
             ErrorKind::WrongType => " (the key exists and is not a stream)",
+            ErrorKind::Connection if describe(&err).to_lowercase().contains("certificate") => {
+                " (the TLS certificate was not accepted: give the CA that signed the server's certificate with ?ca=/path/ca.crt or --redis-ca, and a client certificate with ?cert=&key= if the server requires one)"
+            }
             ErrorKind::Connection => " (is Redis running and reachable at that address?)",
             _ => "",
         };
