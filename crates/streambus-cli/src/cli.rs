@@ -27,6 +27,36 @@ pub struct Cli {
     )]
     pub redis: Option<String>,
 
+    /// TLS: the CA certificate (PEM) that signed the Redis server's certificate,
+    /// instead of the system's trusted roots (also `?ca=FILE` in the URL).
+    #[arg(long, global = true, env = "REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// TLS: a client certificate (PEM), for servers that require one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_CERT",
+        value_name = "FILE",
+        requires = "redis_key"
+    )]
+    pub redis_cert: Option<PathBuf>,
+
+    /// TLS: the private key (PEM) of --redis-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_KEY",
+        value_name = "FILE",
+        requires = "redis_cert"
+    )]
+    pub redis_key: Option<PathBuf>,
+
+    /// TLS: accept ANY server certificate. For tests only: anyone on the network
+    /// path can then read and change the traffic, passwords included.
+    #[arg(long, global = true)]
+    pub redis_insecure_skip_verify: bool,
+
     /// The topology file (streams, retention, groups, service) every command
     /// takes its defaults from [default: ./streambus.toml if it exists].
     #[arg(long, global = true, env = "STREAMBUS_CONFIG", value_name = "FILE")]
@@ -41,6 +71,19 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// How to connect: the TLS settings of the command line.
+    pub fn connect_options(&self) -> streambus::ConnectOptions {
+        streambus::ConnectOptions {
+            tls: streambus::connection::TlsOptions {
+                ca_file: self.redis_ca.clone(),
+                client_cert_file: self.redis_cert.clone(),
+                client_key_file: self.redis_key.clone(),
+                insecure_skip_verify: self.redis_insecure_skip_verify,
+            },
+            ..Default::default()
+        }
+    }
+
     /// Parses the command line. Exits on `--help`, `--version` and usage errors
     /// (status 2); a value that fails validation (a bad id or duration) is
     /// reported on one line, since the parser's own message already says it all.

@@ -30,8 +30,10 @@ const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
 pub async fn run(cli: Cli) -> Result<()> {
     let explicit_file = cli.config.as_deref();
+    let options = cli.connect_options();
+    let open = |url: &str| Client::open_with(url, options.clone());
     if let Command::Topology(args) = cli.command {
-        return topology_cmd::run(args, explicit_file, cli.redis.as_deref()).await;
+        return topology_cmd::run(args, explicit_file, cli.redis.as_deref(), &options).await;
     }
     let file = topology::locate(explicit_file);
     let topology = match &file {
@@ -50,7 +52,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => {
             let (client, _embedded) = match given {
-                Some(url) => (Client::open(&url)?, None),
+                Some(url) => (open(&url)?, None),
                 None => {
                     let server = start_embedded("")?;
                     (Client::open(&server.url())?, Some(server))
@@ -58,10 +60,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             return demo::run(&client, args, topology.as_ref()).await;
         }
-        Command::Serve(args) => return serve::run(given, args, topology.as_ref()).await,
+        Command::Serve(args) => return serve::run(given, &options, args, topology.as_ref()).await,
         _ => {}
     }
-    let client = Client::open(given.as_deref().unwrap_or(DEFAULT_REDIS))?;
+    let client = open(given.as_deref().unwrap_or(DEFAULT_REDIS))?;
     tracing::debug!(redis = client.display_url(), "using Redis");
     let topology = topology.as_ref();
     match cli.command {
@@ -92,9 +94,12 @@ fn start_embedded(why_not_local: &str) -> Result<EmbeddedRedis> {
 
 /// `serve`'s Redis: the one given, else the one answering on 127.0.0.1:6379,
 /// else a private one (returned, to be stopped on drop).
-fn serve_redis(given: Option<String>) -> Result<(Client, Option<EmbeddedRedis>)> {
+fn serve_redis(
+    given: Option<String>,
+    options: &streambus::ConnectOptions,
+) -> Result<(Client, Option<EmbeddedRedis>)> {
     if let Some(url) = given {
-        return Ok((Client::open(&url)?, None));
+        return Ok((Client::open_with(&url, options.clone())?, None));
     }
     let probe = embedded::probe_addr();
     if embedded::answers(probe) {

@@ -20,6 +20,7 @@ use crate::topology::{ServiceSpec, Topology};
 /// `given`: the Redis URL given (flag, environment or file), if any.
 pub async fn run(
     given: Option<String>,
+    options: &streambus::ConnectOptions,
     args: ServeArgs,
     topology: Option<&Topology>,
 ) -> Result<()> {
@@ -30,7 +31,7 @@ pub async fn run(
     config.validate()?;
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let (client, _embedded) = super::serve_redis(given)?;
+    let (client, _embedded) = super::serve_redis(given, options)?;
     let client = &client;
     let token = config.token.clone();
     let state = AppState::new(config, client.clone()).await?;

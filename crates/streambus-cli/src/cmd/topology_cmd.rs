@@ -26,7 +26,12 @@ const MAXLEN_SLACK: u64 = 200;
 /// Slack over `max_age`, for clocks and approximate trimming.
 const MAXAGE_SLACK: Duration = Duration::from_secs(60);
 
-pub async fn run(args: TopologyArgs, explicit: Option<&Path>, redis: Option<&str>) -> Result<()> {
+pub async fn run(
+    args: TopologyArgs,
+    explicit: Option<&Path>,
+    redis: Option<&str>,
+    options: &streambus::ConnectOptions,
+) -> Result<()> {
     match args.command {
         TopologyCommand::Check { file } => {
             let path = which(file, explicit)?;
@@ -47,7 +52,7 @@ pub async fn run(args: TopologyArgs, explicit: Option<&Path>, redis: Option<&str
                 .map(str::to_owned)
                 .or_else(|| t.redis.clone())
                 .unwrap_or_else(|| super::DEFAULT_REDIS.to_owned());
-            let client = Client::open(&url)?;
+            let client = Client::open_with(&url, options.clone())?;
             let mut conn = super::connect(&client).await?;
             apply(&mut conn, &t).await
         }
