@@ -55,7 +55,8 @@ pub fn slot(key: &str) -> u16 {
     crc16(hash_tag(key).as_bytes()) % 16_384
 }
 
-fn crc16(data: &[u8]) -> u16 {
+/// CRC16/XMODEM, the hash of Redis Cluster slots.
+pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &b in data {
         crc ^= u16::from(b) << 8;

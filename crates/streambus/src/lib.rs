@@ -56,6 +56,7 @@
 //! - [`group`]: create, destroy and list consumer groups.
 //! - [`keys`]: every key name streambus builds (dead letters, hash tags).
 //! - [`metrics`]: metric names (Prometheus-style) recorded through the `metrics` facade.
+//! - [`partition`]: partitioned streams for Redis Cluster (routing, workers, totals).
 //! - [`preflight`]: warnings about server settings that weaken the guarantees.
 //! - [`config`]: parsers for durations and sizes.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
@@ -79,6 +80,7 @@ pub mod id;
 pub mod keys;
 pub mod metrics;
 pub mod monitor;
+pub mod partition;
 pub mod preflight;
 pub mod producer;
 pub mod read;

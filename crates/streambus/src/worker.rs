@@ -140,6 +140,22 @@ pub struct WorkerReport {
     pub groups_recreated: u64,
 }
 
+impl WorkerReport {
+    /// Adds another report's counts to this one (for workers run side by side).
+    pub fn add(&mut self, other: &WorkerReport) {
+        self.delivered += other.delivered;
+        self.acked += other.acked;
+        self.retried += other.retried;
+        self.panicked += other.panicked;
+        self.reclaimed += other.reclaimed;
+        self.dead_lettered += other.dead_lettered;
+        self.duplicates_skipped += other.duplicates_skipped;
+        self.gone += other.gone;
+        self.unfinished += other.unfinished;
+        self.groups_recreated += other.groups_recreated;
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     delivered: AtomicU64,

@@ -1,0 +1,418 @@
+//! Partitioned streams: one logical stream split over N keys in different hash
+//! slots, so that on Redis Cluster its throughput grows with the number of
+//! masters (like the partitions of a Kafka topic).
+//!
+//! - **Keys.** Partition `i` of `aurora:alerts` is `aurora:alerts:p<i>`, plus a
+//!   hash tag (`aurora:alerts:p3{s17}`) chosen so that partition `i` of `n` lands
+//!   in the `i`-th n-th of the slot range. `redis-cli --cluster create` gives
+//!   each master a contiguous range, so the partitions spread evenly over the
+//!   masters (two per master for 6 partitions on 3 masters). Each partition's
+//!   dead-letter stream and helper keys share its slot (see [`crate::keys`]).
+//!   The names depend only on the stream name and `n`: every producer and
+//!   worker computes the same ones. Changing `n` makes new keys; drain the old
+//!   ones first.
+//! - **Routing.** An envelope with a `key` always goes to the same partition
+//!   (CRC16 of the key, mod n), so entries of one key stay in order; without a
+//!   key, partitions take turns.
+//! - **Reading.** A consumer group exists on every partition; a
+//!   [`PartitionedWorker`] runs one [`Worker`] per partition. Each blocking read
+//!   needs its own connection: Redis Cluster refuses a read across keys of
+//!   different slots (CROSSSLOT), so one read cannot serve two partitions, even
+//!   on the same node.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::connection::{Client, Connection};
+use crate::envelope::Message;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{Delivery, Handler};
+use crate::id::EntryId;
+use crate::keys;
+use crate::monitor::{self, MonitorOptions, StreamSnapshot};
+use crate::producer::Producer;
+use crate::worker::{Worker, WorkerOptions, WorkerReport};
+use tokio_util::sync::CancellationToken;
+
+/// Most partitions a logical stream may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// The partition keys of one logical stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partitions {
+    stream: String,
+    keys: Vec<String>,
+}
+
+impl Partitions {
+    /// The `n` partitions of `stream`.
+    pub fn new(stream: &str, n: u32) -> Result<Self> {
+        keys::validate_name("stream", stream)?;
+        if n == 0 || n > MAX_PARTITIONS {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("a stream needs 1 to {MAX_PARTITIONS} partitions, not {n}"),
+            ));
+        }
+        let keys = (0..n).map(|i| partition_key(stream, i, n)).collect();
+        Ok(Partitions {
+            stream: stream.to_owned(),
+            keys,
+        })
+    }
+
+    /// The logical stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The partition keys, in partition order.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// How many partitions.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: a stream has at least one partition.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The partition an ordering key belongs to (stable across processes).
+    pub fn index_for_key(&self, key: &str) -> usize {
+        usize::from(keys::crc16(key.as_bytes())) % self.keys.len()
+    }
+
+    /// The partition key an ordering key belongs to.
+    pub fn for_key(&self, key: &str) -> &str {
+        &self.keys[self.index_for_key(key)]
+    }
+}
+
+/// `<stream>:p<i>` with a hash tag that puts it in the `i`-th of `n` slot ranges.
+fn partition_key(stream: &str, i: u32, n: u32) -> String {
+    let lo = (u64::from(i) * 16_384 / u64::from(n)) as u16;
+    let hi = (u64::from(i + 1) * 16_384 / u64::from(n)) as u16;
+    let base = keys::partition(stream, i);
+    // CRC16 spreads short tags evenly: a tag lands in a range of 16384/n slots
+    // within about n tries; the bound only guards against a bug.
+    (0..200_000u32)
+        .map(|k| format!("{base}{{s{k}}}"))
+        .find(|key| (lo..hi).contains(&keys::slot(key)))
+        .unwrap_or(base)
+}
+
+/// Publishes to a partitioned stream: by the envelope's `key`, else in turn.
+#[derive(Clone)]
+pub struct PartitionedProducer {
+    producer: Producer,
+    partitions: Arc<Partitions>,
+    next: Arc<AtomicUsize>,
+}
+
+impl PartitionedProducer {
+    /// Publishes through `producer` to `partitions`.
+    pub fn new(producer: Producer, partitions: Partitions) -> Self {
+        PartitionedProducer {
+            producer,
+            partitions: Arc::new(partitions),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The partitions.
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
+    }
+
+    /// The partition key `message` goes to.
+    pub fn route(&self, message: &Message) -> &str {
+        match message.key() {
+            Some(k) => self.partitions.for_key(k),
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.partitions.len();
+                &self.partitions.keys()[i]
+            }
+        }
+    }
+
+    /// Publishes one message; returns the partition key and the entry id.
+    pub async fn publish(&self, message: Message) -> Result<(String, EntryId)> {
+        let key = self.route(&message).to_owned();
+        let id = self.producer.publish(&key, message).await?;
+        Ok((key, id))
+    }
+
+    /// Publishes many messages: grouped by partition, one pipelined batch per
+    /// partition, all partitions at once. Returns (partition key, entry id) in the
+    /// order of `messages`.
+    pub async fn publish_batch(
+        &self,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<(String, EntryId)>> {
+        let mut groups: Vec<(Vec<usize>, Vec<Message>)> = (0..self.partitions.len())
+            .map(|_| Default::default())
+            .collect();
+        let mut count = 0;
+        for (pos, m) in messages.into_iter().enumerate() {
+            let key = self.route(&m);
+            let i = self
+                .partitions
+                .keys()
+                .iter()
+                .position(|k| k == key)
+                .unwrap_or(0);
+            groups[i].0.push(pos);
+            groups[i].1.push(m);
+            count += 1;
+        }
+        let sends = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.1.is_empty())
+            .map(|(i, (positions, msgs))| {
+                let key = self.partitions.keys()[i].clone();
+                let producer = self.producer.clone();
+                async move {
+                    let ids = producer.publish_batch(&key, msgs).await?;
+                    Ok::<_, Error>((key, positions, ids))
+                }
+            });
+        let mut out = vec![(String::new(), EntryId::ZERO); count];
+        for r in futures_util::future::join_all(sends).await {
+            let (key, positions, ids) = r?;
+            for (pos, id) in positions.into_iter().zip(ids) {
+                out[pos] = (key.clone(), id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one [`Worker`] per partition with the same handler, consumer name and
+/// options (`concurrency` is per partition).
+///
+/// **Per-key order across several processes** needs each partition to be read
+/// by one process at a time: give each of N processes its member number with
+/// [`PartitionedWorker::member`] (`i` of `n`), and it reads only partitions
+/// `p` with `p % n == i`. This is static membership: while a member is down,
+/// its partitions wait for it (its pending entries stay pending, nothing is
+/// lost), like a Kafka consumer with a static group id. Without `member`, a
+/// process reads every partition, and several such processes share each
+/// partition's entries (no order across them).
+pub struct PartitionedWorker {
+    client: Client,
+    partitions: Partitions,
+    group: String,
+    consumer: Option<String>,
+    options: WorkerOptions,
+    member: Option<(usize, usize)>,
+}
+
+impl PartitionedWorker {
+    /// A worker for `group` on every partition.
+    pub fn new(
+        client: Client,
+        partitions: Partitions,
+        group: impl Into<String>,
+        options: WorkerOptions,
+    ) -> Self {
+        PartitionedWorker {
+            client,
+            partitions,
+            group: group.into(),
+            consumer: None,
+            options,
+            member: None,
+        }
+    }
+
+    /// Reads only the partitions of member `index` of `members` (see the type's
+    /// docs). Fails at `run` if `index >= members`.
+    pub fn member(mut self, index: usize, members: usize) -> Self {
+        self.member = Some((index, members));
+        self
+    }
+
+    /// The partition keys this worker reads.
+    pub fn assigned(&self) -> Vec<&str> {
+        self.partitions
+            .keys()
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| self.member.is_none_or(|(i, n)| n > 0 && p % n == i))
+            .map(|(_, k)| k.as_str())
+            .collect()
+    }
+
+    /// Sets the consumer name (the same on every partition).
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Runs until `shutdown`, then stops every partition's worker gracefully and
+    /// returns their reports added up. Fails if any partition's worker fails to
+    /// start.
+    pub async fn run<H: Handler>(
+        self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<WorkerReport> {
+        if let Some((i, n)) = self.member {
+            if i >= n {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "member {i} of {n}: the member number must be below the number of members"
+                    ),
+                ));
+            }
+        }
+        let handler = Arc::new(handler);
+        let mut runs = Vec::with_capacity(self.partitions.len());
+        for key in self.assigned() {
+            let mut worker = Worker::new(
+                self.client.clone(),
+                key,
+                self.group.as_str(),
+                self.options.clone(),
+            );
+            if let Some(name) = &self.consumer {
+                worker = worker.consumer_name(name.as_str());
+            }
+            let h = handler.clone();
+            runs.push(worker.run(
+                move |d: Delivery| {
+                    let h = h.clone();
+                    async move { h.handle(d).await }
+                },
+                shutdown.clone(),
+            ));
+        }
+        let mut total = WorkerReport::default();
+        let mut first_error = None;
+        for r in futures_util::future::join_all(runs).await {
+            match r {
+                Ok(report) => total.add(&report),
+                Err(e) => {
+                    // One partition failing to start stops the others too.
+                    shutdown.cancel();
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+}
+
+/// A logical stream seen as one: totals, and the snapshot of every partition.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct PartitionedSnapshot {
+    /// The logical stream.
+    pub stream: String,
+    /// Entries over all partitions.
+    pub length: u64,
+    /// Per group (by name): pending and lag over all partitions. The lag is
+    /// `None` when any partition cannot tell it.
+    pub groups: Vec<GroupTotals>,
+    /// Each partition's own snapshot, in partition order.
+    pub partitions: Vec<StreamSnapshot>,
+}
+
+/// One group's totals over the partitions.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GroupTotals {
+    /// Group name.
+    pub name: String,
+    /// Pending entries over all partitions.
+    pub pending: u64,
+    /// Undelivered entries over all partitions; `None` if any partition cannot tell.
+    pub lag: Option<u64>,
+    /// Partitions on which the group exists.
+    pub partitions: usize,
+}
+
+/// Snapshots every partition (missing ones count as empty) and adds them up.
+pub async fn snapshot(
+    conn: &mut Connection,
+    partitions: &Partitions,
+    options: &MonitorOptions,
+) -> Result<PartitionedSnapshot> {
+    let mut parts = Vec::with_capacity(partitions.len());
+    for key in partitions.keys() {
+        match monitor::snapshot(conn, key, options).await {
+            Ok(s) => parts.push(s),
+            Err(e) if e.kind() == ErrorKind::NoStream => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut groups: Vec<GroupTotals> = Vec::new();
+    for part in &parts {
+        for g in &part.groups {
+            match groups.iter_mut().find(|t| t.name == g.name) {
+                Some(t) => {
+                    t.pending += g.pending;
+                    t.lag = t.lag.zip(g.lag).map(|(a, b)| a + b);
+                    t.partitions += 1;
+                }
+                None => groups.push(GroupTotals {
+                    name: g.name.clone(),
+                    pending: g.pending,
+                    lag: g.lag,
+                    partitions: 1,
+                }),
+            }
+        }
+    }
+    Ok(PartitionedSnapshot {
+        stream: partitions.stream().to_owned(),
+        length: parts.iter().map(|p| p.length).sum(),
+        groups,
+        partitions: parts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_the_slot_range() {
+        let p = Partitions::new("aurora:alerts", 6).unwrap();
+        for (i, key) in p.keys().iter().enumerate() {
+            let slot = u32::from(keys::slot(key));
+            assert_eq!(slot * 6 / 16_384, i as u32, "{key} in slot {slot}");
+            assert!(key.starts_with(&format!("aurora:alerts:p{i}{{")), "{key}");
+            // Its dead-letter stream shares the slot.
+            assert_eq!(keys::slot(&keys::dead_letter(key)), keys::slot(key));
+        }
+        assert_eq!(
+            Partitions::new("aurora:alerts", 6).unwrap(),
+            p,
+            "deterministic"
+        );
+        assert!(Partitions::new("s", 0).is_err());
+    }
+
+    #[test]
+    fn the_same_key_always_goes_to_the_same_partition() {
+        let p = Partitions::new("s", 6).unwrap();
+        let a = p.for_key("host-1").to_owned();
+        for _ in 0..10 {
+            assert_eq!(p.for_key("host-1"), a);
+        }
+        let used: std::collections::HashSet<_> = (0..100)
+            .map(|i| p.index_for_key(&format!("host-{i}")))
+            .collect();
+        assert_eq!(used.len(), 6, "keys spread over every partition");
+    }
+}
