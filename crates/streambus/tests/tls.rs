@@ -73,7 +73,10 @@ async fn a_wrong_ca_is_refused_with_a_clear_error() {
     let err = client.connect().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
     let chain = format!("{err}: {:?}", std::error::Error::source(&err));
-    assert!(err.to_string().contains("CA"), "the error says what to do: {err}");
+    assert!(
+        err.to_string().contains("CA"),
+        "the error says what to do: {err}"
+    );
     assert!(
         chain.to_lowercase().contains("certificate"),
         "the error should say it is about the certificate: {chain}"
