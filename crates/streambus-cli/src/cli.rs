@@ -149,6 +149,9 @@ pub struct PublishArgs {
     /// The stream to publish to.
     pub stream: String,
 
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
     /// JSON documents, each published as one envelope. Without any (and without
     /// --field), JSON documents are read from stdin, one per line.
     #[arg(value_name = "JSON")]
@@ -189,10 +192,41 @@ fn parse_field(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--partitions N`, shared by the commands that read or write a stream.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct PartitionsArg {
+    /// The stream is split into N partitions (keys `STREAM:p<i>{...}`, spread
+    /// over the masters of a Redis Cluster) [default: the stream's `partitions`
+    /// in the topology file, else 1: a plain stream].
+    #[arg(
+        long = "partitions",
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(streambus::partition::MAX_PARTITIONS))
+    )]
+    pub partitions: Option<u32>,
+}
+
+/// `I/N`: member I of N members (I below N).
+fn parse_member(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected I/N with I below N (e.g. 0/3), got {s:?}");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 #[derive(Debug, Args)]
 pub struct TailArgs {
     /// The stream to read.
     pub stream: String,
+
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
 
     /// Where to start: 0 (the beginning), $ (only new entries) or an entry id
     /// (entries after it). Without it: the last --count entries.
@@ -213,6 +247,16 @@ pub struct TailArgs {
 pub struct ConsumeArgs {
     /// The stream to read.
     pub stream: String,
+
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
+    /// Static membership: this process is member I of N (e.g. `0/3`) and
+    /// reads only the partitions P with P % N == I, so that each partition (and
+    /// so each key) is read by one process at a time. While a member is down,
+    /// its partitions wait for it. Needs a partitioned stream.
+    #[arg(long, value_name = "I/N", value_parser = parse_member)]
+    pub member: Option<(usize, usize)>,
 
     /// The consumer group (created if missing, at --from).
     #[arg(short, long, value_name = "GROUP")]
@@ -246,7 +290,8 @@ pub struct ConsumeArgs {
     /// Run `sh -c CMD` for each entry instead of printing it: the entry's JSON
     /// line on its stdin, STREAMBUS_STREAM, STREAMBUS_ENTRY_ID,
     /// STREAMBUS_DELIVERIES, STREAMBUS_GROUP and STREAMBUS_CONSUMER in its
-    /// environment. Exit 0 acknowledges the entry, 65 (EX_DATAERR)
+    /// environment (and, for a partitioned stream, STREAMBUS_PARTITION and
+    /// STREAMBUS_PARTITION_KEY). Exit 0 acknowledges the entry, 65 (EX_DATAERR)
     /// dead-letters it at once, anything else (75 EX_TEMPFAIL, other codes, a
     /// signal) retries it after the backoff, until --max-deliveries.
     #[arg(long, value_name = "CMD", help_heading = "Running a command (--exec)")]
@@ -333,6 +378,9 @@ pub struct GroupsArgs {
     /// The stream.
     pub stream: String,
 
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
     /// Print the groups as JSON instead of a table.
     #[arg(long, conflicts_with_all = ["create", "destroy"])]
     pub json: bool,
@@ -371,6 +419,9 @@ pub struct DlqListArgs {
     /// The stream whose dead letters to list (not the dead-letter stream itself).
     pub stream: String,
 
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
     /// Most dead letters to print (default: all).
     #[arg(short = 'n', long, value_name = "N")]
     pub count: Option<u64>,
@@ -385,6 +436,9 @@ pub struct DlqListArgs {
 pub struct DlqReplayArgs {
     /// The stream the dead letters came from.
     pub stream: String,
+
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
 
     /// A dead letter to replay: its id in the dead-letter stream (the `id`
     /// column of `dlq list`). Repeatable.
@@ -401,6 +455,9 @@ pub struct DlqPurgeArgs {
     /// The stream whose dead letters to delete.
     pub stream: String,
 
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
     /// Really delete them (without it, only say how many there are).
     #[arg(long)]
     pub yes: bool,
@@ -410,6 +467,9 @@ pub struct DlqPurgeArgs {
 pub struct MonitorArgs {
     /// The stream to look at.
     pub stream: String,
+
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
 
     /// Only this group (default: every group of the stream). Required by --cleanup.
     #[arg(short, long, value_name = "GROUP")]
@@ -647,6 +707,12 @@ mod tests {
 
     #[test]
     fn fields_split_at_the_first_equals() {
+        assert_eq!(parse_member("1/3").unwrap(), (1, 3));
+        assert!(parse_member("3/3").is_err());
+        assert!(parse_member("0/0").is_err());
+        assert!(parse_member("x").is_err());
+        assert!(Cli::try_parse_from(["sb", "tail", "s", "--partitions", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sb", "tail", "s", "--partitions", "1025"]).is_err());
         assert_eq!(parse_field("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert_eq!(parse_field("a=").unwrap(), ("a".into(), String::new()));
         assert!(parse_field("=x").is_err());

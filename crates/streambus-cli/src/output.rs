@@ -24,6 +24,12 @@ impl Lines {
         self.json(&entry.to_json())
     }
 
+    /// An entry of partition `index` of the logical stream `stream`, on one
+    /// line (see [`partition_entry_json`]).
+    pub fn partition_entry(&mut self, entry: &Entry, stream: &str, index: usize) -> io::Result<()> {
+        self.json(&partition_entry_json(entry, stream, index))
+    }
+
     /// Any serializable value as one compact JSON line.
     pub fn json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> io::Result<()> {
         // `io::Error::from` hands back the original I/O error (a broken pipe stays one).
@@ -39,6 +45,16 @@ impl Lines {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+/// The JSON line of an entry read from partition `index` of the logical
+/// stream `stream`: [`Entry::to_json`], with `stream` naming the logical
+/// stream (what the user asked for) and a `partition` field (its index).
+pub fn partition_entry_json(entry: &Entry, stream: &str, index: usize) -> serde_json::Value {
+    let mut v = entry.to_json();
+    v["stream"] = stream.into();
+    v["partition"] = index.into();
+    v
 }
 
 /// Rows as aligned columns (two spaces apart), without trailing blanks.

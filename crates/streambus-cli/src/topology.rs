@@ -55,7 +55,11 @@ pub struct ServiceSpec {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
-    /// Trimming done by every publish; absent: unbounded.
+    /// How many partitions the logical stream has (1: a plain stream, the
+    /// default). See `streambus::partition`.
+    #[serde(default)]
+    pub partitions: PartitionCount,
+    /// Trimming done by every publish (of each partition); absent: unbounded.
     #[serde(default)]
     pub retention: RetentionSpec,
     /// The dead-letter stream's policy.
@@ -162,6 +166,12 @@ impl Topology {
             .iter()
             .find(|(g, _)| g.0 == group)
             .map(|(_, spec)| spec)
+    }
+
+    /// How many partitions `stream` has according to the file (1 when the
+    /// file does not say).
+    pub fn partitions(&self, stream: &str) -> u32 {
+        self.stream(stream).map_or(1, |s| s.partitions.0)
     }
 
     /// The number of groups over all streams.
@@ -352,6 +362,29 @@ impl<'de> Deserialize<'de> for Positive {
     }
 }
 
+/// `partitions = N`: 1 (a plain stream) to [`streambus::partition::MAX_PARTITIONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionCount(pub u32);
+
+impl Default for PartitionCount {
+    fn default() -> Self {
+        PartitionCount(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for PartitionCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        let max = streambus::partition::MAX_PARTITIONS;
+        match u32::try_from(n) {
+            Ok(n) if (1..=max).contains(&n) => Ok(PartitionCount(n)),
+            _ => Err(de::Error::custom(format!(
+                "partitions must be between 1 and {max}, got {n}"
+            ))),
+        }
+    }
+}
+
 /// An integer of at least 1 that fits in 32 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PositiveU32(pub u32);
@@ -505,6 +538,24 @@ mod tests {
         let e = err("[streams.s.groups.g]\nstart = \"yesterday\"\n");
         assert_eq!(e.path, "streams.s.groups.g.start", "{e}");
         assert!(e.message.contains("invalid start"), "{e}");
+    }
+
+    #[test]
+    fn partitions_default_to_one_and_are_checked() {
+        let t = Topology::parse("[streams.a]\npartitions = 6\n[streams.b]\n").unwrap();
+        assert_eq!(t.partitions("a"), 6);
+        assert_eq!(t.partitions("b"), 1);
+        assert_eq!(t.partitions("unknown"), 1);
+        assert_eq!(Topology::example().partitions("aurora:alerts"), 1);
+        for bad in ["0", "1025", "-1", "\"six\""] {
+            let e = err(&format!(
+                "[streams.a]\nretention = {{ max_len = 5 }}\npartitions = {bad}\n"
+            ));
+            assert_eq!(e.line, Some(3), "{bad}: {e}");
+            assert_eq!(e.path, "streams.a.partitions", "{bad}: {e}");
+        }
+        let e = err("[streams.a]\npartitions = 0\n");
+        assert!(e.message.contains("between 1 and 1024"), "{e}");
     }
 
     #[test]

@@ -159,7 +159,8 @@
 
   const streams = new Map();   // name -> {card, rateHist, lenHist, count, ...}
   const groups = new Map();    // "stream\u0000group" -> {row, lagHist, pendHist, scaleCell}
-  const lastSeen = {};         // stream -> last entry id received
+  const lastSeen = {};         // stream (or "stream#partition") -> last entry id received
+  const partitioned = new Set(); // logical streams split into partitions
   let streamNames = [];
   let feed = [];               // newest first, at most MAX_ROWS
   let paused = false;
@@ -195,6 +196,9 @@
     card.appendChild(legend);
     s.canvas = el('canvas', 'chart');
     card.appendChild(s.canvas);
+    // A partitioned stream: one small line per partition (filled by poll).
+    s.parts = el('div', 'muted mono');
+    card.appendChild(s.parts);
     const box = $('streams');
     if (streams.size === 0) clear(box);
     box.appendChild(card);
@@ -247,6 +251,16 @@
       c.dlq.textContent = fmtNum(s.dead_letters);
       c.dlqCount = s.dead_letters;
       push(c.lenHist, s.length || 0);
+      clear(c.parts);
+      if (Array.isArray(s.partitions)) {
+        partitioned.add(s.stream);
+        c.parts.appendChild(el('div', null, s.partitions.length + ' partitions'));
+        for (const p of s.partitions) {
+          const lag = (p.groups || []).map((g) => g.name + ' lag ' + fmtNum(g.lag)).join(', ');
+          c.parts.appendChild(el('div', null,
+            'p' + p.partition + ': length ' + fmtNum(p.length) + (lag ? ', ' + lag : '')));
+        }
+      }
       for (const g of s.groups || []) {
         const r = groupRow(s.stream, g.name);
         r.lag.textContent = fmtNum(g.lag);
@@ -257,7 +271,8 @@
         for (const c2 of g.consumers || []) {
           nConsumers++;
           const tr = el('tr');
-          tr.appendChild(td(s.stream + ' / ' + g.name, 'mono'));
+          const part = c2.partition === undefined ? '' : ' / p' + c2.partition;
+          tr.appendChild(td(s.stream + ' / ' + g.name + part, 'mono'));
           tr.appendChild(td(c2.name, 'mono'));
           const st = td();
           st.appendChild(statusBadge(c2.status));
@@ -280,6 +295,11 @@
 
   async function pollScale() {
     for (const r of groups.values()) {
+      if (partitioned.has(r.stream)) {
+        // Scaling advice is per partition; the API refuses the logical stream.
+        r.scale.textContent = 'per partition';
+        continue;
+      }
       try {
         const s = await api('/api/streams/' + encodeURIComponent(r.stream) + '/groups/' +
           encodeURIComponent(r.group) + '/scale');
@@ -351,8 +371,9 @@
       streamNames.map(encodeURIComponent).join(',');
     // Resume after the oldest last-seen id: entries at or below each stream's
     // own last-seen id are dropped on arrival, so nothing is shown twice.
+    // Partitioned streams cannot resume (ids are per partition): go live.
     const seen = streamNames.map((s) => lastSeen[s]).filter(Boolean);
-    if (seen.length === streamNames.length) {
+    if (seen.length === streamNames.length && !streamNames.some((s) => partitioned.has(s))) {
       url += '&from=' + encodeURIComponent(seen.sort(idCmp)[0]);
     }
     let protocols = [];
@@ -399,9 +420,11 @@
   }
 
   function onEntry(m) {
-    const prev = lastSeen[m.stream];
+    // Ids are ordered within a stream, or within one partition of one.
+    const seq = m.partition === undefined ? m.stream : m.stream + '#' + m.partition;
+    const prev = lastSeen[seq];
     if (prev && idCmp(m.entry_id, prev) <= 0) return; // replayed duplicate
-    lastSeen[m.stream] = m.entry_id;
+    lastSeen[seq] = m.entry_id;
     const s = streams.get(m.stream);
     if (s) s.count++;
     feed.unshift(m);

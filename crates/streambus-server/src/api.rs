@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use streambus::monitor::{self, StreamSnapshot};
+use streambus::partition::{self, Partitions};
 use streambus::{dead_letter, scaler, ErrorKind, Message, MonitorOptions};
 
 use crate::error::{error_chain, ApiError};
@@ -26,32 +27,53 @@ const DEFAULT_DLQ_COUNT: usize = 50;
 /// Most dead letters one request lists: the response is built in memory.
 const MAX_DLQ_COUNT: usize = 1000;
 
-/// The streams the service shows: the configured ones, or those found in Redis.
+/// The streams the service shows: the configured ones, or those found in Redis
+/// (the partitions of a partitioned stream shown as that one stream).
 async fn stream_names(state: &AppState) -> Result<Vec<String>, ApiError> {
     let config = state.config();
     if !config.streams.is_empty() || state.client().is_cluster() {
         return Ok(config.streams.clone());
     }
-    Ok(streambus::read::list_streams(&mut state.conn(), config.max_streams).await?)
+    let found = streambus::read::list_streams(&mut state.conn(), config.max_streams).await?;
+    let mut names: Vec<String> = Vec::with_capacity(found.len());
+    for key in found {
+        let name = state.logical_stream_of(&key).map_or(key, str::to_owned);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
-/// A snapshot of every shown stream (`None` for one that does not exist yet),
-/// with the monitor gauges and the scalers updated from it.
-pub(crate) async fn snapshots(
-    state: &AppState,
-) -> Result<Vec<(String, Option<StreamSnapshot>)>, ApiError> {
+/// What one shown stream looks like now.
+pub(crate) enum Shown {
+    /// A plain stream: its snapshot, `None` when it does not exist yet.
+    Plain(Option<StreamSnapshot>),
+    /// A partitioned stream, as `/api/streams` shows it.
+    Partitioned(Value),
+}
+
+/// A snapshot of every shown stream, with the monitor gauges (of each
+/// partition, for a partitioned stream) and the scalers of plain streams
+/// updated from it.
+pub(crate) async fn snapshots(state: &AppState) -> Result<Vec<(String, Shown)>, ApiError> {
     let mut out = Vec::new();
     let mut conn = state.conn();
     for name in stream_names(state).await? {
+        if let Some(p) = state.partitions(&name) {
+            let v = partitioned_stream(state, p).await?;
+            out.push((name, Shown::Partitioned(v)));
+            continue;
+        }
         match monitor::snapshot(&mut conn, &name, &state.config().monitor).await {
             Ok(snap) => {
                 snap.record_metrics();
                 for g in &snap.groups {
                     state.scale(&snap, &g.name);
                 }
-                out.push((name, Some(snap)));
+                out.push((name, Shown::Plain(Some(snap))));
             }
-            Err(e) if e.kind() == ErrorKind::NoStream => out.push((name, None)),
+            Err(e) if e.kind() == ErrorKind::NoStream => out.push((name, Shown::Plain(None))),
             Err(e) => return Err(e.into()),
         }
     }
@@ -59,11 +81,19 @@ pub(crate) async fn snapshots(
 }
 
 /// `GET /api/streams`: every shown stream with its length, ids, groups (lag,
-/// pending, consumers) and dead-letter count.
+/// pending, consumers) and dead-letter count; a partitioned stream as one,
+/// with a per-partition breakdown (see [`partitioned_stream`]).
 pub(crate) async fn streams(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut conn = state.conn();
     let mut list = Vec::new();
-    for (name, snap) in snapshots(&state).await? {
+    for (name, shown) in snapshots(&state).await? {
+        let snap = match shown {
+            Shown::Partitioned(v) => {
+                list.push(v);
+                continue;
+            }
+            Shown::Plain(snap) => snap,
+        };
         let dead_letters = dead_letter::count(&mut conn, &name).await?;
         let mut v = match snap {
             Some(s) => serde_json::to_value(&s).map_err(|e| {
@@ -76,6 +106,89 @@ pub(crate) async fn streams(State(state): State<AppState>) -> Result<Json<Value>
         list.push(v);
     }
     Ok(Json(json!({ "streams": list })))
+}
+
+/// A partitioned stream as one: `stream`, `exists`, `length`,
+/// `last_entry_id` (the largest over the partitions), `dead_letters`, and
+/// `groups[]` with `pending` and `lag` over all partitions (`lag` null when a
+/// partition cannot tell), `partitions` (how many have the group) and
+/// `consumers[]` (each partition's, with a `partition` field); then
+/// `partition_count` and `partitions[]`: per partition its `partition` index,
+/// `key`, `exists`, `length`, `last_entry_id`, `dead_letters` and `groups[]`
+/// (`name`, `pending`, `lag`).
+async fn partitioned_stream(state: &AppState, p: &Partitions) -> Result<Value, ApiError> {
+    let mut conn = state.conn();
+    let snap = partition::snapshot(&mut conn, p, &state.config().monitor).await?;
+    let mut parts = Vec::with_capacity(p.len());
+    let mut dead_letters = 0;
+    let mut consumers: Vec<(String, Value)> = Vec::new();
+    for (i, key) in p.keys().iter().enumerate() {
+        let dlq = dead_letter::count(&mut conn, key).await?;
+        dead_letters += dlq;
+        let Some(part) = snap.partitions.iter().find(|s| &s.stream == key) else {
+            parts.push(json!({
+                "partition": i, "key": key, "exists": false, "length": 0,
+                "last_entry_id": null, "dead_letters": dlq, "groups": [],
+            }));
+            continue;
+        };
+        part.record_metrics();
+        let groups: Vec<Value> = part
+            .groups
+            .iter()
+            .map(|g| json!({ "name": g.name, "pending": g.pending, "lag": g.lag }))
+            .collect();
+        for g in &part.groups {
+            for c in &g.consumers {
+                let mut v = serde_json::to_value(c).map_err(|e| {
+                    ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                })?;
+                v["partition"] = json!(i);
+                consumers.push((g.name.clone(), v));
+            }
+        }
+        parts.push(json!({
+            "partition": i, "key": key, "exists": true, "length": part.length,
+            "last_entry_id": part.last_entry_id, "dead_letters": dlq, "groups": groups,
+        }));
+    }
+    let groups: Vec<Value> = snap
+        .groups
+        .iter()
+        .map(|g| {
+            let members: Vec<&Value> = consumers
+                .iter()
+                .filter(|(name, _)| *name == g.name)
+                .map(|(_, c)| c)
+                .collect();
+            json!({
+                "name": g.name, "pending": g.pending, "lag": g.lag,
+                "partitions": g.partitions, "consumers": members,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "stream": p.stream(),
+        "exists": !snap.partitions.is_empty(),
+        "length": snap.length,
+        "last_entry_id": snap.partitions.iter().filter_map(|s| s.last_entry_id).max(),
+        "dead_letters": dead_letters,
+        "groups": groups,
+        "partition_count": p.len(),
+        "partitions": parts,
+    }))
+}
+
+/// 400 for the per-group routes of a partitioned stream: their snapshots and
+/// advice are per partition key.
+fn refuse_partitioned(state: &AppState, stream: &str, what: &str) -> Result<(), ApiError> {
+    match state.partitions(stream) {
+        Some(p) => Err(ApiError::bad_request(format!(
+            "{what} of {stream:?} is per partition ({} partitions); see /api/streams for its totals",
+            p.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `GET /api/streams/{s}/groups/{g}`: the monitor snapshot of that group
@@ -93,6 +206,7 @@ async fn group_snapshot(
     group: &str,
 ) -> Result<StreamSnapshot, ApiError> {
     state.check_stream(stream)?;
+    refuse_partitioned(state, stream, "the group snapshot")?;
     streambus::keys::validate_name("group", group)
         .map_err(|e| ApiError::bad_request(e.message()))?;
     let options = MonitorOptions {
@@ -184,6 +298,32 @@ pub(crate) async fn dead_letters(
         ),
     };
     let mut conn = state.conn();
+    if let Some(p) = state.partitions(&stream) {
+        // Each partition's oldest, merged by id; `after` applies to each.
+        let mut entries = Vec::new();
+        let mut total = 0;
+        for (i, key) in p.keys().iter().enumerate() {
+            for d in dead_letter::list(&mut conn, key, after, count).await? {
+                entries.push((d.id, i, d));
+            }
+            total += dead_letter::count(&mut conn, key).await?;
+        }
+        entries.sort_by_key(|(id, i, _)| (*id, *i));
+        entries.truncate(count);
+        let mut list = Vec::with_capacity(entries.len());
+        for (_, i, d) in entries {
+            let mut v = serde_json::to_value(&d).map_err(|e| {
+                ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            })?;
+            v["partition"] = json!(i);
+            list.push(v);
+        }
+        return Ok(Json(json!({
+            "stream": stream,
+            "total": total,
+            "entries": list,
+        })));
+    }
     let entries = dead_letter::list(&mut conn, &stream, after, count).await?;
     let total = dead_letter::count(&mut conn, &stream).await?;
     Ok(Json(json!({
@@ -242,6 +382,23 @@ pub(crate) async fn publish(
         message = message.with_key(k);
     }
     let envelope_id = message.envelope_id().map(str::to_owned);
+    if let Some(p) = state.partitioned_producer(&stream) {
+        // A batch of one: on a cluster, a pipeline must stay within one slot.
+        let sent = p.publish_batch([message]).await?;
+        let Some((key, entry_id)) = sent.into_iter().next() else {
+            return Err(ApiError::internal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the message was not published".to_owned(),
+            ));
+        };
+        let index = p.partitions().keys().iter().position(|k| *k == key);
+        metrics::counter!(streambus::metrics::PUBLISHED, "stream" => stream.clone()).increment(1);
+        return Ok((
+            StatusCode::CREATED,
+            Json(json!({ "entry_id": entry_id, "id": envelope_id, "partition": index })),
+        )
+            .into_response());
+    }
     let entry_id = state.producer().publish(&stream, message).await?;
     metrics::counter!(streambus::metrics::PUBLISHED, "stream" => stream.clone()).increment(1);
     Ok((

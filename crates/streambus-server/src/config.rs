@@ -1,5 +1,6 @@
 //! [`ServerConfig`]: where the service listens, who may use it, and every bound.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,6 +27,11 @@ pub struct ServerConfig {
     /// asked for by name, and `/api/streams` lists the streams found by `SCAN`
     /// (at most [`ServerConfig::max_streams`]).
     pub streams: Vec<String>,
+    /// Partitioned streams: logical stream name to its number of partitions
+    /// (see `streambus::partition`). Such a stream is shown as one (totals,
+    /// with a per-partition breakdown) and relayed from every partition. A
+    /// stream not listed here, or listed with 1, is a plain stream.
+    pub partitions: HashMap<String, u32>,
     /// Largest request body accepted (a published payload), in bytes; larger
     /// bodies get 413 before they are read into memory.
     pub max_body_bytes: usize,
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             streams: Vec::new(),
+            partitions: HashMap::new(),
             max_body_bytes: 1024 * 1024,
             ws_client_queue: 1024,
             max_ws_clients: 256,
@@ -96,6 +103,7 @@ impl fmt::Debug for ServerConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("streams", &self.streams)
+            .field("partitions", &self.partitions)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("ws_client_queue", &self.ws_client_queue)
             .field("max_ws_clients", &self.max_ws_clients)
@@ -145,6 +153,15 @@ impl ServerConfig {
         }
         for s in &self.streams {
             streambus::keys::validate_name("stream", s).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        let max = streambus::partition::MAX_PARTITIONS;
+        for (s, &n) in &self.partitions {
+            streambus::keys::validate_name("stream", s).map_err(|e| ConfigError(e.to_string()))?;
+            if n == 0 || n > max {
+                return err(format!(
+                    "stream {s:?}: partitions must be between 1 and {max}, got {n}"
+                ));
+            }
         }
         for o in &self.allowed_origins {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
@@ -238,5 +255,15 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+        let c = ServerConfig {
+            partitions: [("orders".to_owned(), 0)].into(),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = ServerConfig {
+            partitions: [("orders".to_owned(), 6)].into(),
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 }

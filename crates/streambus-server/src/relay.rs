@@ -26,6 +26,13 @@
 //!   connection. Either way it never slows other clients, and memory stays
 //!   bounded by the channel capacity.
 //! - **Shutdown** sends a close frame (1001, `server shutting down`).
+//! - **Partitioned streams** ([`ServerConfig::partitions`]): one reader per
+//!   partition (a read cannot span slots on a cluster), each with its own
+//!   feed; a client asking for the logical stream subscribes to all of them
+//!   and receives entries in order of arrival, each with `"stream"` set to the
+//!   logical stream and a `"partition"` index. Resuming (`from=`) is refused
+//!   (400) for them: entry ids are per partition, so one id cannot say where
+//!   to resume in each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -39,6 +46,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use streambus::partition::Partitions;
 use streambus::{Backoff, Client, Connection, EntryId};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::OwnedSemaphorePermit;
@@ -78,13 +86,22 @@ pub(crate) struct RelayEvent {
 }
 
 impl RelayEvent {
-    fn of(entry: &streambus::Entry) -> Self {
+    /// `label`: for a partition, its logical stream and index.
+    fn of(entry: &streambus::Entry, label: Option<&Label>) -> Self {
+        let mut v = entry.to_json();
+        if let Some((stream, index)) = label {
+            v["stream"] = (&**stream).into();
+            v["partition"] = (*index).into();
+        }
         RelayEvent {
             id: entry.id,
-            text: entry.to_json().to_string().into(),
+            text: v.to_string().into(),
         }
     }
 }
+
+/// A partition's logical stream and index.
+type Label = (Arc<str>, usize);
 
 /// The relay: one feed (reader task + broadcast channel) per stream read.
 pub(crate) struct Relay {
@@ -110,6 +127,8 @@ struct Feed {
 /// A client's subscription to one stream.
 pub(crate) struct Subscription {
     stream: Arc<str>,
+    /// For a partition: its logical stream and index.
+    label: Option<Label>,
     rx: broadcast::Receiver<RelayEvent>,
     /// The last id sent to the client (or the resume point): later entries only.
     last_sent: EntryId,
@@ -141,13 +160,43 @@ impl Relay {
 
     /// Starts the reader of a configured stream; it runs until shutdown.
     pub(crate) async fn start_pinned(&self, stream: &str) -> streambus::Result<()> {
-        self.feed(stream, true).await.map(|_| ())
+        self.feed(stream, None, true).await.map(|_| ())
+    }
+
+    /// Starts the readers of every partition of a configured stream.
+    pub(crate) async fn start_pinned_partitions(&self, p: &Partitions) -> streambus::Result<()> {
+        let stream: Arc<str> = p.stream().into();
+        for (i, key) in p.keys().iter().enumerate() {
+            self.feed(key, Some((stream.clone(), i)), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to every partition of a logical stream.
+    pub(crate) async fn subscribe_partitions(
+        &self,
+        p: &Partitions,
+    ) -> Result<Vec<Subscription>, ApiError> {
+        let stream: Arc<str> = p.stream().into();
+        let mut subs = Vec::with_capacity(p.len());
+        for (i, key) in p.keys().iter().enumerate() {
+            subs.push(self.subscribe_key(key, Some((stream.clone(), i))).await?);
+        }
+        Ok(subs)
     }
 
     /// Subscribes to `stream`, starting its reader if needed. Live entries after
     /// the moment of this call are delivered to the returned subscription.
     pub(crate) async fn subscribe(&self, stream: &str) -> Result<Subscription, ApiError> {
-        let Some((rx, position)) = self.feed(stream, false).await? else {
+        self.subscribe_key(stream, None).await
+    }
+
+    async fn subscribe_key(
+        &self,
+        stream: &str,
+        label: Option<Label>,
+    ) -> Result<Subscription, ApiError> {
+        let Some((rx, position)) = self.feed(stream, label.clone(), false).await? else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -158,6 +207,7 @@ impl Relay {
         };
         Ok(Subscription {
             stream: stream.into(),
+            label,
             rx,
             last_sent: position,
         })
@@ -169,6 +219,7 @@ impl Relay {
     async fn feed(
         &self,
         stream: &str,
+        label: Option<Label>,
         pinned: bool,
     ) -> streambus::Result<Option<(broadcast::Receiver<RelayEvent>, EntryId)>> {
         if let Some(sub) = self.existing(stream) {
@@ -192,6 +243,7 @@ impl Relay {
         let name: Arc<str> = stream.into();
         let reader = Reader {
             stream: name.clone(),
+            label,
             client: self.client.clone(),
             tx: tx.clone(),
             position: position.clone(),
@@ -234,6 +286,8 @@ fn current(position: &Mutex<EntryId>) -> EntryId {
 /// The task that reads one stream and broadcasts its entries.
 struct Reader {
     stream: Arc<str>,
+    /// For a partition: its logical stream and index, put into each entry.
+    label: Option<Label>,
     client: Client,
     tx: broadcast::Sender<RelayEvent>,
     position: Arc<Mutex<EntryId>>,
@@ -285,7 +339,7 @@ impl Reader {
                             .lock()
                             .unwrap_or_else(|poisoned| poisoned.into_inner()) = after;
                         // Err means no client right now: nothing to deliver.
-                        let _ = self.tx.send(RelayEvent::of(e));
+                        let _ = self.tx.send(RelayEvent::of(e, self.label.as_ref()));
                     }
                     if !entries.is_empty() {
                         server_metrics::relayed(&self.stream, entries.len());
@@ -379,6 +433,7 @@ pub(crate) async fn ws_handler(
     for s in &streams {
         state.check_stream(s)?;
     }
+    let partitioned = streams.iter().find_map(|s| state.partitions(s));
     let from = q.from.or_else(|| {
         headers
             .get("last-event-id")
@@ -392,6 +447,13 @@ pub(crate) async fn ws_handler(
                 .map_err(|e: streambus::Error| ApiError::bad_request(e.message()))?,
         ),
     };
+    if let (Some(_), Some(p)) = (from, partitioned) {
+        return Err(ApiError::bad_request(format!(
+            "cannot resume (from= or Last-Event-ID) on {:?}: it has {} partitions, each with its own entry ids; connect without from= to receive live entries",
+            p.stream(),
+            p.len()
+        )));
+    }
     let Ok(permit) = state.ws_slots().clone().try_acquire_owned() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -403,10 +465,15 @@ pub(crate) async fn ws_handler(
     };
     let mut subs = Vec::with_capacity(streams.len());
     for s in &streams {
-        if subs.iter().any(|x: &Subscription| &*x.stream == s) {
+        let seen =
+            |x: &Subscription| &*x.stream == s || x.label.as_ref().is_some_and(|(l, _)| &**l == s);
+        if subs.iter().any(seen) {
             continue;
         }
-        subs.push(state.relay().subscribe(s).await?);
+        match state.partitions(s) {
+            Some(p) => subs.extend(state.relay().subscribe_partitions(p).await?),
+            None => subs.push(state.relay().subscribe(s).await?),
+        }
     }
     // Echo the accepted `bearer.<token>` subprotocol: browsers close a socket
     // whose requested subprotocol is not confirmed.
@@ -465,6 +532,7 @@ enum End {
     /// The client fell behind on `stream`; resume after `resync_from`.
     Lagged {
         stream: Arc<str>,
+        label: Option<Label>,
         resync_from: EntryId,
     },
     /// A write did not finish in time: the client stopped reading.
@@ -506,15 +574,24 @@ async fn run_client(
         End::Shutdown => (1001, "server shutting down".to_owned()),
         End::Lagged {
             stream,
+            label,
             resync_from,
         } => {
             tracing::info!(%stream, %resync_from, "WebSocket client fell behind; cut off");
             server_metrics::cut_off("lagged");
-            let msg = serde_json::json!({
+            let mut msg = serde_json::json!({
                 "type": "lagged",
                 "stream": &*stream,
                 "resync_from": resync_from.to_string(),
             });
+            if let Some((logical, index)) = label {
+                // No resume for partitioned streams: reconnect without from=.
+                msg = serde_json::json!({
+                    "type": "lagged",
+                    "stream": &*logical,
+                    "partition": index,
+                });
+            }
             // Best effort: the client is slow, it may not take even this.
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
@@ -569,7 +646,8 @@ async fn replay(
             }
         };
         let n = page.len();
-        let batch: Vec<RelayEvent> = page.iter().map(RelayEvent::of).collect();
+        let label = sub.label.as_ref();
+        let batch: Vec<RelayEvent> = page.iter().map(|e| RelayEvent::of(e, label)).collect();
         if let Some(end) = send_batch(sink, sub, batch, send_timeout, shutdown).await {
             return Some(end);
         }
@@ -653,6 +731,7 @@ async fn live(
         if lagged {
             return End::Lagged {
                 stream: sub.stream.clone(),
+                label: sub.label.clone(),
                 resync_from: sub.last_sent,
             };
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use streambus::monitor::StreamSnapshot;
+use streambus::partition::{PartitionedProducer, Partitions};
 use streambus::{Advice, Advisor, Client, Connection, Producer, ProducerOptions, Sample};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,10 @@ struct Inner {
     /// Publishes for `POST /api/streams/{s}/messages`, pipelining concurrent
     /// requests on its own connection.
     producer: Producer,
+    /// Per partitioned stream (more than one partition), its partitions and
+    /// the producer that routes to them. One per stream for the whole service,
+    /// so that messages without a key take turns over the partitions.
+    partitioned: HashMap<String, PartitionedProducer>,
     relay: Relay,
     /// Scaler memory per (stream, group): the advisor's history and the
     /// previous sample it needs for rates.
@@ -88,10 +93,23 @@ impl AppState {
                 ..Default::default()
             },
         );
+        let mut partitioned = HashMap::new();
+        for (stream, &n) in &config.partitions {
+            if n > 1 {
+                let p = Partitions::new(stream, n)?;
+                partitioned.insert(
+                    stream.clone(),
+                    PartitionedProducer::new(producer.clone(), p),
+                );
+            }
+        }
         let shutdown = CancellationToken::new();
         let relay = Relay::new(&config, client.clone(), conn.clone(), shutdown.clone());
         for s in &config.streams {
-            relay.start_pinned(s).await?;
+            match partitioned.get(s) {
+                Some(p) => relay.start_pinned_partitions(p.partitions()).await?,
+                None => relay.start_pinned(s).await?,
+            }
         }
         let ws_slots = Arc::new(Semaphore::new(config.max_ws_clients));
         Ok(AppState {
@@ -100,6 +118,7 @@ impl AppState {
                 client,
                 conn,
                 producer,
+                partitioned,
                 relay,
                 scalers: Mutex::new(HashMap::new()),
                 metrics,
@@ -139,6 +158,25 @@ impl AppState {
 
     pub(crate) fn producer(&self) -> &Producer {
         &self.inner.producer
+    }
+
+    /// The partitions of `stream`, when it is a partitioned stream.
+    pub(crate) fn partitions(&self, stream: &str) -> Option<&Partitions> {
+        self.inner.partitioned.get(stream).map(|p| p.partitions())
+    }
+
+    /// The producer of a partitioned stream.
+    pub(crate) fn partitioned_producer(&self, stream: &str) -> Option<&PartitionedProducer> {
+        self.inner.partitioned.get(stream)
+    }
+
+    /// The logical stream a key is a partition of, if any.
+    pub(crate) fn logical_stream_of(&self, key: &str) -> Option<&str> {
+        self.inner
+            .partitioned
+            .iter()
+            .find(|(_, p)| p.partitions().keys().iter().any(|k| k == key))
+            .map(|(s, _)| s.as_str())
     }
 
     pub(crate) fn relay(&self) -> &Relay {

@@ -116,10 +116,13 @@ pub struct PartitionedProducer {
 impl PartitionedProducer {
     /// Publishes through `producer` to `partitions`.
     pub fn new(producer: Producer, partitions: Partitions) -> Self {
+        // Start the turns at a random partition: short-lived publishers (one
+        // `streambus publish` per message) would otherwise all hit partition 0.
+        let start = (crate::backoff::Jitter::new().next_unit() * partitions.len() as f64) as usize;
         PartitionedProducer {
             producer,
             partitions: Arc::new(partitions),
-            next: Arc::new(AtomicUsize::new(0)),
+            next: Arc::new(AtomicUsize::new(start)),
         }
     }
 

@@ -17,6 +17,7 @@
 //! `--grace`); when the grace runs out, the whole group is killed, so that
 //! nothing the command started keeps working on an entry left pending.
 
+use std::collections::HashMap;
 use std::pin::pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use streambus::consumer::default_consumer_name;
+use streambus::partition::{PartitionedWorker, Partitions};
 use streambus::{
     Backoff, CancellationToken, Client, Delivery, Handler, Outcome, Worker, WorkerOptions,
     WorkerReport,
@@ -67,6 +69,7 @@ pub async fn run(
     args: ConsumeArgs,
     command: String,
     topology: Defaults<'_>,
+    partitions: Option<Partitions>,
 ) -> Result<()> {
     // Built-in defaults, then the topology file's group settings, then flags.
     let base = WorkerOptions {
@@ -121,14 +124,22 @@ pub async fn run(
         return Ok(());
     }
     let consumer = args.consumer.unwrap_or_else(default_consumer_name);
-    let worker = Worker::new(client.clone(), &args.stream, &args.group, options)
-        .consumer_name(consumer.clone());
 
     let (stop, _signals) = shutdown::on_signal();
+    let logical = partitions.as_ref().map(|p| Logical {
+        stream: args.stream.clone(),
+        index: p
+            .keys()
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect(),
+    });
     let handler = Exec {
         command,
         group: args.group.clone(),
-        consumer,
+        consumer: consumer.clone(),
+        logical,
         max_deliveries,
         stop_after: args.count.map(|target| StopAfter {
             target,
@@ -136,8 +147,23 @@ pub async fn run(
             stop: stop.clone(),
         }),
     };
-    tracing::info!(stream = %args.stream, group = %args.group, consumer = %worker.name(), "running a command per entry");
-    let report = worker.run(handler, stop).await?;
+    tracing::info!(stream = %args.stream, group = %args.group, %consumer, "running a command per entry");
+    let report = match partitions {
+        None => {
+            Worker::new(client.clone(), &args.stream, &args.group, options)
+                .consumer_name(consumer)
+                .run(handler, stop)
+                .await?
+        }
+        Some(p) => {
+            let mut worker = PartitionedWorker::new(client.clone(), p, &args.group, options)
+                .consumer_name(consumer);
+            if let Some((i, n)) = args.member {
+                worker = worker.member(i, n);
+            }
+            worker.run(handler, stop).await?
+        }
+    };
     eprintln!("consumed: {}", summary(&report));
     Ok(())
 }
@@ -160,11 +186,20 @@ struct Exec {
     command: String,
     group: String,
     consumer: String,
+    /// A partitioned stream: its name and each partition key's index.
+    logical: Option<Logical>,
     /// To tell a last failed attempt (the worker dead-letters it) from one that
     /// will be retried.
     max_deliveries: u32,
     /// With `--count`.
     stop_after: Option<StopAfter>,
+}
+
+/// The logical stream a partitioned worker reads.
+struct Logical {
+    stream: String,
+    /// Partition key to partition index.
+    index: HashMap<String, usize>,
 }
 
 /// Stops the worker once `target` entries are done with (acknowledged or
@@ -201,10 +236,24 @@ impl Exec {
         let mut command = Command::new("sh");
         #[cfg(unix)]
         command.process_group(0);
+        // A partitioned stream: the logical stream's name, the partition's
+        // index in the environment and the input line.
+        let partition = self
+            .logical
+            .as_ref()
+            .and_then(|l| Some((l.stream.as_str(), *l.index.get(&*entry.stream)?)));
+        if let Some((_, i)) = partition {
+            command
+                .env("STREAMBUS_PARTITION", i.to_string())
+                .env("STREAMBUS_PARTITION_KEY", &*entry.stream);
+        }
         let mut child = match command
             .arg("-c")
             .arg(&self.command)
-            .env("STREAMBUS_STREAM", &*entry.stream)
+            .env(
+                "STREAMBUS_STREAM",
+                partition.map_or(&*entry.stream, |(s, _)| s),
+            )
             .env("STREAMBUS_ENTRY_ID", entry.id.to_string())
             .env("STREAMBUS_DELIVERIES", d.deliveries.to_string())
             .env("STREAMBUS_GROUP", &self.group)
@@ -222,7 +271,10 @@ impl Exec {
             Err(e) => return Outcome::retry(format!("cannot run sh -c: {e}")),
         };
         let mut group = KillGroupOnDrop(child.id());
-        let mut input = entry.to_json().to_string();
+        let mut input = match partition {
+            Some((stream, i)) => crate::output::partition_entry_json(entry, stream, i).to_string(),
+            None => entry.to_json().to_string(),
+        };
         input.push('\n');
         let stdin = child.stdin.take();
         let stderr = child.stderr.take();

@@ -7,9 +7,10 @@
 //! answers on 127.0.0.1:6379 (see [`crate::embedded`]).
 
 use anyhow::Result;
+use streambus::partition::Partitions;
 use streambus::{Client, Connection};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, PartitionsArg};
 use crate::embedded::{self, EmbeddedRedis};
 use crate::topology::{self, Topology};
 
@@ -68,11 +69,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     let topology = topology.as_ref();
     match cli.command {
         Command::Publish(args) => publish::run(&client, args, topology).await,
-        Command::Tail(args) => tail::run(&client, args).await,
+        Command::Tail(args) => tail::run(&client, args, topology).await,
         Command::Consume(args) => consume::run(&client, args, topology).await,
-        Command::Groups(args) => groups::run(&client, args).await,
-        Command::Dlq(args) => dlq::run(&client, args).await,
-        Command::Monitor(args) => monitor::run(&client, args).await,
+        Command::Groups(args) => groups::run(&client, args, topology).await,
+        Command::Dlq(args) => dlq::run(&client, args, topology).await,
+        Command::Monitor(args) => monitor::run(&client, args, topology).await,
         Command::Scale(args) => scale::run(&client, args).await,
         Command::Demo(_) | Command::Serve(_) | Command::Topology(_) => {
             unreachable!("handled above")
@@ -108,6 +109,24 @@ fn serve_redis(
     }
     let server = start_embedded(&format!(" and none on {probe}"))?;
     Ok((Client::open(&server.url())?, Some(server)))
+}
+
+/// The partitions of `stream`: `--partitions`, else the topology file's
+/// `partitions`, else 1. `None` for 1: a plain stream, used exactly as before
+/// partitions existed (its key is the stream's name).
+fn partitions(
+    arg: PartitionsArg,
+    topology: Option<&Topology>,
+    stream: &str,
+) -> Result<Option<Partitions>> {
+    let n = arg
+        .partitions
+        .or_else(|| topology.map(|t| t.partitions(stream)))
+        .unwrap_or(1);
+    if n == 1 {
+        return Ok(None);
+    }
+    Ok(Some(Partitions::new(stream, n)?))
 }
 
 /// The shared connection. The library's error already names the (masked) URL

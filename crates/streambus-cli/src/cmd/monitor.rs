@@ -31,18 +31,31 @@
 //! `moved[]` (`from`, `to`, `count`), `deleted[]` (consumer names),
 //! `skipped[]` (`consumer`, `pending`, `reason`: `no_live_consumer`,
 //! `has_pending`, `active`, `gone`), `vanished`.
+//!
+//! # Partitioned streams
+//!
+//! The logical totals ([`streambus::partition::snapshot`]): one line for the
+//! stream (length over all partitions), one per group (pending and lag over
+//! all partitions), then a section per partition as above. `--json` prints
+//! the `PartitionedSnapshot`: `stream`, `length`, `groups[]` (`name`,
+//! `pending`, `lag`, `partitions`: how many partitions have the group) and
+//! `partitions[]` (each partition's snapshot, as above; missing partitions are
+//! left out). `--cleanup` cleans up each partition; with `--json`, one
+//! document `{"stream", "partitions": [{"partition", "key", "report"}]}`.
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use streambus::config::format_duration;
 use streambus::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
-use streambus::{Client, Monitor, MonitorOptions, StreamSnapshot};
+use streambus::partition::{self, PartitionedSnapshot, Partitions};
+use streambus::{Client, Connection, ErrorKind, Monitor, MonitorOptions, StreamSnapshot};
 
 use crate::cli::MonitorArgs;
 use crate::output::{self, Lines};
 use crate::shutdown;
+use crate::topology::Topology;
 
 /// Moves the cursor home and clears the screen (ANSI), before each redraw on a
 /// terminal.
@@ -50,10 +63,14 @@ const CLEAR: &str = "\x1b[H\x1b[2J";
 /// What a `?` lag means, printed once below the groups when one has it.
 const LAG_FOOTNOTE: &str = "? lag: unknown (entries were deleted)";
 
-pub async fn run(client: &Client, args: MonitorArgs) -> Result<()> {
+pub async fn run(client: &Client, args: MonitorArgs, topology: Option<&Topology>) -> Result<()> {
     let conn = super::connect(client).await?;
+    let partitions = super::partitions(args.partitions, topology, &args.stream)?;
     if args.cleanup {
-        return cleanup(conn, &args).await;
+        return match partitions {
+            Some(p) => cleanup_partitions(conn, &args, &p).await,
+            None => cleanup(conn, &args).await,
+        };
     }
     let options = MonitorOptions {
         idle_threshold: args.idle_threshold,
@@ -61,14 +78,47 @@ pub async fn run(client: &Client, args: MonitorArgs) -> Result<()> {
         group: args.group.clone(),
         ..Default::default()
     };
-    let mut monitor = Monitor::new(conn, options);
+    let mut source = match partitions {
+        Some(p) => Source::Partitioned(conn, p, options),
+        None => Source::Plain(Monitor::new(conn, options)),
+    };
     let mut out = Lines::stdout();
     let Some(interval) = args.watch else {
-        let snap = monitor.snapshot(&args.stream).await?;
+        let snap = source.snapshot(&args.stream).await?;
         print(&mut out, &snap, args.json)?;
         return out.flush().map_err(Into::into);
     };
-    watch(&mut monitor, &mut out, &args.stream, interval, args.json).await
+    watch(&mut source, &mut out, &args.stream, interval, args.json).await
+}
+
+/// Where snapshots come from: one stream, or the partitions of one.
+enum Source {
+    Plain(Monitor),
+    Partitioned(Connection, Partitions, MonitorOptions),
+}
+
+/// A snapshot of either kind.
+enum Snapshot {
+    Plain(StreamSnapshot),
+    Partitioned(PartitionedSnapshot),
+}
+
+impl Source {
+    async fn snapshot(&mut self, stream: &str) -> Result<Snapshot> {
+        match self {
+            Source::Plain(m) => Ok(Snapshot::Plain(m.snapshot(stream).await?)),
+            Source::Partitioned(conn, p, options) => {
+                let snap = partition::snapshot(conn, p, options).await?;
+                if snap.partitions.is_empty() {
+                    bail!(
+                        "stream {stream:?} does not exist: none of its {} partitions does",
+                        p.len()
+                    );
+                }
+                Ok(Snapshot::Partitioned(snap))
+            }
+        }
+    }
 }
 
 /// A snapshot every `interval` until Ctrl-C or SIGTERM (then exit 0).
@@ -77,7 +127,7 @@ pub async fn run(client: &Client, args: MonitorArgs) -> Result<()> {
 /// a later failure (Redis restarting, the stream deleted meanwhile) is reported
 /// on stderr and the next interval tries again.
 async fn watch(
-    monitor: &mut Monitor,
+    source: &mut Source,
     out: &mut Lines,
     stream: &str,
     interval: Duration,
@@ -98,13 +148,13 @@ async fn watch(
         // Cancelling a snapshot loses nothing: it only reads.
         let snap = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            r = monitor.snapshot(stream) => r,
+            r = source.snapshot(stream) => r,
         };
         let snap = match snap {
             Ok(snap) => snap,
-            Err(e) if shown == 0 => return Err(e.into()),
+            Err(e) if shown == 0 => return Err(e),
             Err(e) => {
-                eprintln!("error: {}", crate::error_line(&e.into()));
+                eprintln!("error: {}", crate::error_line(&e));
                 continue;
             }
         };
@@ -122,14 +172,43 @@ async fn watch(
     }
 }
 
-fn print(out: &mut Lines, snap: &StreamSnapshot, json: bool) -> std::io::Result<()> {
-    if json {
-        return out.json(snap);
-    }
-    for line in render(snap) {
+fn print(out: &mut Lines, snap: &Snapshot, json: bool) -> std::io::Result<()> {
+    let lines = match (snap, json) {
+        (Snapshot::Plain(s), true) => return out.json(s),
+        (Snapshot::Partitioned(s), true) => return out.json(s),
+        (Snapshot::Plain(s), false) => render(s),
+        (Snapshot::Partitioned(s), false) => render_partitioned(s),
+    };
+    for line in lines {
         out.line(line)?;
     }
     Ok(())
+}
+
+/// The text form of a partitioned stream: totals, then each partition.
+fn render_partitioned(snap: &PartitionedSnapshot) -> Vec<String> {
+    let mut lines = vec![format!(
+        "stream {}: {} partitions present, length {}",
+        snap.stream,
+        snap.partitions.len(),
+        snap.length
+    )];
+    if snap.groups.is_empty() {
+        lines.push("no consumer groups".to_owned());
+    }
+    for g in &snap.groups {
+        let lag = g.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+        lines.push(format!(
+            "group {}: pending {}, lag {lag} (on {} partitions)",
+            g.name, g.pending, g.partitions
+        ));
+    }
+    for part in &snap.partitions {
+        lines.push(String::new());
+        lines.push(format!("partition {}:", part.stream));
+        lines.extend(render(part).into_iter().map(|l| format!("  {l}")));
+    }
+    lines
 }
 
 /// The text form of a snapshot (see the module docs).
@@ -227,6 +306,44 @@ async fn cleanup(mut conn: streambus::Connection, args: &MonitorArgs) -> Result<
         for line in cleanup_lines(&report, group, args.idle_threshold) {
             out.line(line)?;
         }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `--cleanup` on each partition that exists.
+async fn cleanup_partitions(
+    mut conn: Connection,
+    args: &MonitorArgs,
+    p: &Partitions,
+) -> Result<()> {
+    // clap enforces it (`requires`); this keeps the function honest on its own.
+    let Some(group) = args.group.as_deref() else {
+        bail!("--cleanup needs --group");
+    };
+    let options = CleanupOptions {
+        idle_threshold: args.idle_threshold,
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let mut out = Lines::stdout();
+    let mut reports = Vec::new();
+    for (i, key) in p.keys().iter().enumerate() {
+        let report = match monitor::cleanup(&mut conn, key, group, &options).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NoStream => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !args.json {
+            out.line(format_args!("partition {i} ({key}):"))?;
+            for line in cleanup_lines(&report, group, args.idle_threshold) {
+                out.line(format_args!("  {line}"))?;
+            }
+        }
+        reports.push(serde_json::json!({ "partition": i, "key": key, "report": report }));
+    }
+    if args.json {
+        out.json(&serde_json::json!({ "stream": args.stream, "partitions": reports }))?;
     }
     out.flush()?;
     Ok(())

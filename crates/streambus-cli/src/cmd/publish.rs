@@ -1,7 +1,11 @@
 //! `streambus publish`: JSON arguments, one raw entry, or JSON lines from stdin.
+//!
+//! Prints one line per message: its entry id; or, to a partitioned stream,
+//! `PARTITION_KEY ENTRY_ID` (routed by the envelope's key, else in turn).
 
 use anyhow::{bail, Context, Result};
 use streambus::group::require_stream;
+use streambus::partition::PartitionedProducer;
 use streambus::{Client, ErrorKind, Message, Producer, ProducerOptions, Retention};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
@@ -16,6 +20,7 @@ const CHUNK_LINES: usize = 1000;
 const STDIN_BUFFER: usize = 256 * 1024;
 
 pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>) -> Result<()> {
+    let partitions = super::partitions(args.partitions, topology, &args.stream)?;
     // --maxlen, else the stream's retention in the topology file, else none.
     let file_retention = topology
         .and_then(|t| t.stream(&args.stream))
@@ -56,23 +61,69 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     let mut conn = super::connect(client).await?;
     // One look before writing, so a key of another type gets a plain message
     // (the pipelined XADD reports it in pipeline terms).
-    match require_stream(&mut conn, &args.stream).await {
-        Err(e) if e.kind() != ErrorKind::NoStream => return Err(e.into()),
-        _ => {}
+    let keys = match &partitions {
+        Some(p) => p.keys().to_vec(),
+        None => vec![args.stream.clone()],
+    };
+    for key in &keys {
+        match require_stream(&mut conn, key).await {
+            Err(e) if e.kind() != ErrorKind::NoStream => return Err(e.into()),
+            _ => {}
+        }
     }
     let producer = Producer::new(conn, options);
+    let target = match partitions {
+        // Batches per partition, never concurrent single publishes: on a
+        // cluster, one pipeline must stay within one slot.
+        Some(p) => Target::Partitioned(PartitionedProducer::new(producer, p)),
+        None => Target::Plain {
+            producer,
+            stream: &args.stream,
+        },
+    };
     let mut out = Lines::stdout();
     if !messages.is_empty() {
-        let ids = producer.publish_batch(&args.stream, messages).await?;
-        for id in ids {
-            out.line(id)?;
+        for line in target.send(messages).await? {
+            out.line(line)?;
         }
         out.flush()?;
         return Ok(());
     }
 
     let stdin = BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
-    publish_lines(&producer, &args.stream, stdin, &envelope, &mut out).await
+    let limit = args.max_message_bytes;
+    publish_lines(&target, limit, stdin, &envelope, &mut out).await
+}
+
+/// Where the messages go: one stream, or the partitions of a logical stream.
+enum Target<'a> {
+    Plain { producer: Producer, stream: &'a str },
+    Partitioned(PartitionedProducer),
+}
+
+impl Target<'_> {
+    /// Publishes `messages` in one pipeline (one per partition); returns one
+    /// output line per message, in order: the entry id, or
+    /// `PARTITION_KEY ENTRY_ID`.
+    async fn send(&self, messages: Vec<Message>) -> streambus::Result<Vec<String>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(match self {
+            Target::Plain { producer, stream } => producer
+                .publish_batch(stream, messages)
+                .await?
+                .into_iter()
+                .map(|id| id.to_string())
+                .collect(),
+            Target::Partitioned(p) => p
+                .publish_batch(messages)
+                .await?
+                .into_iter()
+                .map(|(key, id)| format!("{key} {id}"))
+                .collect(),
+        })
+    }
 }
 
 /// Publishes one envelope per non-blank line, in chunks: a chunk is what is
@@ -80,13 +131,12 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
 /// and a line typed by hand goes out at once. The next chunk is read while the
 /// previous one is being published.
 async fn publish_lines(
-    producer: &Producer,
-    stream: &str,
+    target: &Target<'_>,
+    limit: usize,
     mut input: BufReader<impl AsyncRead + Unpin>,
     envelope: &dyn Fn(String) -> Result<Message>,
     out: &mut Lines,
 ) -> Result<()> {
-    let limit = producer.options().max_message_bytes;
     let mut line_no = 0u64;
     let mut published = 0u64;
     let mut chunk = read_chunk(&mut input, &mut line_no, limit, envelope).await;
@@ -101,13 +151,7 @@ async fn publish_lines(
             }
         };
         let done = failure.is_some() || messages.is_empty();
-        let send = async {
-            if messages.is_empty() {
-                Ok(Vec::new())
-            } else {
-                producer.publish_batch(stream, messages).await
-            }
-        };
+        let send = target.send(messages);
         let next = async {
             if done {
                 None
@@ -123,8 +167,8 @@ async fn publish_lines(
             )
         })?;
         published += ids.len() as u64;
-        for id in ids {
-            out.line(id)?;
+        for line in ids {
+            out.line(line)?;
         }
         out.flush()?;
         if let Some((n, e)) = failure {

@@ -26,7 +26,21 @@ pub async fn run(
 ) -> Result<()> {
     let service = topology.map(|t| t.service.clone()).unwrap_or_default();
     let show_token = args.token_on_command_line && std::io::stderr().is_terminal();
-    let config = config(args, &service);
+    // Partitioned streams of the file (more than one partition): shown as one
+    // stream, relayed from every partition.
+    let partitions = topology
+        .map(|t| {
+            t.streams
+                .iter()
+                .filter(|(_, spec)| spec.partitions.0 > 1)
+                .map(|(name, spec)| (name.clone(), spec.partitions.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let config = ServerConfig {
+        partitions,
+        ..config(args, &service)
+    };
     // Refuse a bad configuration or a taken port before starting anything.
     config.validate()?;
     let listener = bind(config.listen).await?;

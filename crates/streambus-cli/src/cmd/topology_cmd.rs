@@ -7,6 +7,10 @@
 //! longer or older than its retention allows). A group's start cannot be read
 //! back from Redis, so an existing group is reported `exists`. Running it twice
 //! is harmless: the second run reports everything `exists`.
+//!
+//! A partitioned stream (`partitions = N`) gets its groups on every partition;
+//! it `exists` when any partition does, and a group is `created` when it was
+//! missing on any partition.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -14,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{anyhow, Result};
 use streambus::config::format_duration;
 use streambus::group::{create_group, require_stream};
+use streambus::partition::Partitions;
 use streambus::{Client, Connection, ErrorKind, Retention};
 
 use crate::cli::{TopologyArgs, TopologyCommand};
@@ -72,16 +77,28 @@ async fn apply(conn: &mut Connection, t: &Topology) -> Result<()> {
     let mut out = Lines::stdout();
     let (mut streams_created, mut groups_created, mut differs) = (0, 0, 0);
     for (stream, spec) in &t.streams {
-        let existed = match require_stream(conn, stream).await {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::NoStream => false,
-            Err(e) => return Err(e.into()),
+        // The keys: the stream itself, or its partitions.
+        let keys = match spec.partitions.0 {
+            1 => vec![stream.clone()],
+            n => Partitions::new(stream, n)?.keys().to_vec(),
         };
+        let mut existed = false;
+        for key in &keys {
+            match require_stream(conn, key).await {
+                Ok(()) => existed = true,
+                Err(e) if e.kind() == ErrorKind::NoStream => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut created_stream = false;
         let mut group_lines = Vec::new();
         for (group, g) in &spec.groups {
             let start = g.start.map(|s| s.0).unwrap_or_default();
-            if create_group(conn, stream, &group.0, start).await? {
+            let mut created = false;
+            for key in &keys {
+                created |= create_group(conn, key, &group.0, start).await?;
+            }
+            if created {
                 groups_created += 1;
                 created_stream |= !existed;
                 group_lines.push(format!(
@@ -92,8 +109,21 @@ async fn apply(conn: &mut Connection, t: &Topology) -> Result<()> {
                 group_lines.push(format!("group {stream} {}: exists", group.0));
             }
         }
+        let mut differs_why = None;
+        if existed {
+            for key in &keys {
+                if let Some(why) = retention_differs(conn, key, spec).await? {
+                    differs_why = Some(if keys.len() > 1 {
+                        format!("partition {key}: {why}")
+                    } else {
+                        why
+                    });
+                    break;
+                }
+            }
+        }
         let line = if existed {
-            match retention_differs(conn, stream, spec).await? {
+            match differs_why {
                 Some(why) => {
                     differs += 1;
                     format!("stream {stream}: differs ({why})")
