@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Decode,
     /// A payload is larger than the configured limit; nothing was sent to Redis.
     TooLarge,
+    /// On Redis Cluster, one command or script touched keys in different hash
+    /// slots (`CROSSSLOT`).
+    CrossSlot,
     /// An argument or setting is invalid (bad URL, bad duration, bad id, empty name).
     InvalidInput,
     /// Redis is loading its data set or is otherwise temporarily busy (`LOADING`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`).
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::WrongType => "wrong type",
             ErrorKind::Decode => "decode",
             ErrorKind::TooLarge => "too large",
+            ErrorKind::CrossSlot => "cross slot",
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Busy => "busy",
             ErrorKind::Redis => "redis",
@@ -140,6 +144,9 @@ impl Error {
                 " (create the group first, e.g. `streambus groups STREAM --create GROUP`)"
             }
             ErrorKind::WrongType => " (the key exists and is not a stream)",
+            ErrorKind::CrossSlot => {
+                " (on Redis Cluster one command or script may only touch keys of one hash slot: give related keys a common {hash tag}, or use a partitioned stream)"
+            }
             ErrorKind::Connection if describe(&err).to_lowercase().contains("certificate") => {
                 " (the TLS certificate was not accepted: give the CA that signed the server's certificate with ?ca=/path/ca.crt or --redis-ca, and a client certificate with ?cert=&key= if the server requires one)"
             }
@@ -168,6 +175,7 @@ pub(crate) fn classify(err: &redis::RedisError) -> ErrorKind {
             "WRONGTYPE" => return ErrorKind::WrongType,
             "NOPERM" => return ErrorKind::Permission,
             "NOAUTH" | "WRONGPASS" => return ErrorKind::Auth,
+            "CROSSSLOT" => return ErrorKind::CrossSlot,
             "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" => {
                 return ErrorKind::Busy
             }
