@@ -160,6 +160,11 @@ impl Message {
         self.fields.is_empty() && self.raw.is_empty()
     }
 
+    /// Number of field/value arguments and their total bytes, to size a command.
+    pub(crate) fn arg_size(&self) -> (usize, usize) {
+        (2 * (self.fields.len() + self.raw.len()), self.byte_len())
+    }
+
     /// Appends the field/value arguments of an XADD.
     pub(crate) fn write_args(&self, cmd: &mut redis::Cmd) {
         for (k, v) in &self.fields {
@@ -265,13 +270,36 @@ pub fn format_timestamp(t: SystemTime) -> String {
     let secs = d.as_secs();
     let (y, m, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    // Written digit by digit: every envelope carries one, and `format!` with
+    // six padded fields cost about as much as the rest of building the envelope.
+    let mut s = String::with_capacity(32);
+    if (0..=9999).contains(&y) {
+        push_digits(&mut s, y as u64, 4);
+    } else {
+        s.push_str(&format!("{y:04}"));
+    }
+    s.push('-');
+    push_digits(&mut s, u64::from(m), 2);
+    s.push('-');
+    push_digits(&mut s, u64::from(day), 2);
+    s.push('T');
+    push_digits(&mut s, rem / 3600, 2);
+    s.push(':');
+    push_digits(&mut s, (rem % 3600) / 60, 2);
+    s.push(':');
+    push_digits(&mut s, rem % 60, 2);
+    s.push('.');
+    push_digits(&mut s, u64::from(d.subsec_micros()), 6);
+    s.push_str("+00:00");
+    s
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(s: &mut String, n: u64, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (n / 10u64.pow(i)) % 10;
+        s.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction][Z|±HH:MM]`; a time without an offset is

@@ -1,0 +1,181 @@
+//! The table for people, and the issue's targets checked against a report.
+
+use std::fmt::Write;
+
+use crate::phases::fmt_rate;
+use crate::sys::mib;
+use crate::{BenchReport, Target};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The targets of the issue, each against this run's figure.
+pub(crate) fn targets(r: &BenchReport) -> Vec<Target> {
+    let ratio = |key: &str| r.throughput.iter().find(|t| t.key == key)?.ratio;
+    let rss = |key: &str| r.throughput.iter().find(|t| t.key == key)?.peak_rss_bytes;
+    let lat = |key: &str| r.latency.iter().find(|l| l.key == key);
+    let mut out = Vec::new();
+    let mut ratio_target = |what: &str, key: &str, goal: f64| {
+        let v = ratio(key);
+        out.push(Target {
+            what: what.into(),
+            goal: format!("≥ {goal}"),
+            value: v.map_or("-".into(), |v| format!("{v:.2}")),
+            met: v.map(|v| v >= goal),
+        });
+    };
+    ratio_target("publish (library) / redis-benchmark", "publish", 0.9);
+    ratio_target(
+        "streambus publish (stdin) / redis-benchmark",
+        "cli_publish",
+        0.6,
+    );
+    ratio_target(
+        "worker read+ack, concurrency N / redis-benchmark",
+        "worker_cN",
+        0.55,
+    );
+    let mut ms_target = |what: &str, v: Option<f64>, goal: f64| {
+        out.push(Target {
+            what: what.into(),
+            goal: format!("≤ {goal} ms"),
+            value: v.map_or("-".into(), |v| format!("{v:.3} ms")),
+            met: v.map(|v| v <= goal),
+        });
+    };
+    ms_target(
+        "latency p50 at 2,000 msg/s",
+        lat("latency_2000").map(|l| l.p50_ms),
+        0.2,
+    );
+    ms_target(
+        "latency p99 at 2,000 msg/s",
+        lat("latency_2000").map(|l| l.p99_ms),
+        1.0,
+    );
+    ms_target(
+        "latency p99 at 20,000 msg/s",
+        lat("latency_20000").map(|l| l.p99_ms),
+        2.0,
+    );
+    let mut rss_target = |what: &str, v: Option<u64>, goal_mib: u64| {
+        out.push(Target {
+            what: what.into(),
+            goal: format!("≤ {goal_mib} MiB"),
+            value: v.map_or("-".into(), mib),
+            met: v.map(|v| v <= goal_mib * MIB),
+        });
+    };
+    rss_target(
+        "worker peak RSS at full speed",
+        rss("worker_cN_process").or(rss("worker_cN")),
+        15,
+    );
+    rss_target("streambus publish peak RSS", rss("cli_publish"), 50);
+    out
+}
+
+pub(crate) fn table(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "streambus bench, {}", r.date);
+    let _ = writeln!(
+        s,
+        "machine: {} × {}, {} RAM, Linux {}; Redis {} ({})",
+        r.machine.cpus,
+        r.machine.cpu,
+        mib(r.machine.memory_bytes),
+        r.machine.kernel,
+        r.redis_version,
+        r.redis
+    );
+    s.push('\n');
+    let mut rows: Vec<[String; 5]> = vec![[
+        "throughput".into(),
+        "messages".into(),
+        "msg/s".into(),
+        "ratio".into(),
+        "peak RSS".into(),
+    ]];
+    for t in r.reference.iter().chain(&r.throughput) {
+        rows.push([
+            t.name.clone(),
+            t.messages.to_string(),
+            fmt_rate(t.rate),
+            t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            t.peak_rss_bytes.map_or("-".into(), mib),
+        ]);
+    }
+    grid(&mut s, &rows, &[false, true, true, true, true]);
+    s.push('\n');
+    let mut rows: Vec<[String; 7]> = vec![[
+        "latency publish → handler".into(),
+        "handled/s".into(),
+        "count".into(),
+        "p50 ms".into(),
+        "p99 ms".into(),
+        "p99.9 ms".into(),
+        "max ms".into(),
+    ]];
+    for l in &r.latency {
+        rows.push([
+            l.name.clone(),
+            fmt_rate(l.achieved_rate),
+            l.count.to_string(),
+            format!("{:.3}", l.p50_ms),
+            format!("{:.3}", l.p99_ms),
+            format!("{:.3}", l.p999_ms),
+            format!("{:.3}", l.max_ms),
+        ]);
+    }
+    grid(&mut s, &rows, &[false, true, true, true, true, true, true]);
+    s.push('\n');
+    let mut rows: Vec<[String; 4]> =
+        vec![["target".into(), "goal".into(), "this run".into(), "".into()]];
+    for t in &r.targets {
+        rows.push([
+            t.what.clone(),
+            t.goal.clone(),
+            t.value.clone(),
+            match t.met {
+                Some(true) => "met".into(),
+                Some(false) => "MISSED".into(),
+                None => "not run".into(),
+            },
+        ]);
+    }
+    grid(&mut s, &rows, &[false, true, true, false]);
+    for n in &r.notes {
+        let _ = writeln!(s, "note: {n}");
+    }
+    s
+}
+
+/// Columns padded to their widest cell; the first row is the header.
+fn grid<const N: usize>(s: &mut String, rows: &[[String; N]], right: &[bool; N]) {
+    let mut width = [0; N];
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = width[c] - cell.chars().count();
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if right[c] {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
+        if i == 0 {
+            let total: usize = width.iter().sum::<usize>() + 2 * (N - 1);
+            let _ = writeln!(s, "{}", "-".repeat(total));
+        }
+    }
+}
