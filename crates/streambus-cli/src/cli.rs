@@ -142,6 +142,37 @@ pub enum Command {
     Demo(DemoArgs),
     /// Check a topology file, or create its streams' groups in Redis.
     Topology(TopologyArgs),
+    /// Measure publish and consume throughput, latency and memory against a
+    /// private redis-server (or --redis), next to redis-benchmark in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Print the report as one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// A shorter run (100,000 messages per publish phase, 1 s latency phases).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Messages per publish phase (and for redis-benchmark).
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+
+    /// Lines fed to `streambus publish` on stdin (each about 200 bytes:
+    /// 5000000 is about 1 GB).
+    #[arg(long, value_name = "N")]
+    pub cli_messages: Option<u64>,
+
+    /// The worker's concurrency in the "concurrency N" phase.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Skip the redis-benchmark reference (then no ratios).
+    #[arg(long)]
+    pub no_redis_benchmark: bool,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,11 @@ mod shutdown;
 mod topology;
 
 fn main() -> ExitCode {
+    // `streambus bench` re-runs this binary to measure a worker in a process of
+    // its own; that child does its job and exits here.
+    if let Some(code) = streambus_bench::child::run_if_requested() {
+        return code;
+    }
     let cli = cli::Cli::parse_or_exit();
     // The demo dead-letters malformed alerts on purpose and kills a worker:
     // the worker's warnings about that would drown its progress display.

@@ -392,15 +392,14 @@ pub(crate) async fn publish(
             ));
         };
         let index = p.partitions().keys().iter().position(|k| *k == key);
-        metrics::counter!(streambus::metrics::PUBLISHED, "stream" => stream.clone()).increment(1);
         return Ok((
             StatusCode::CREATED,
             Json(json!({ "entry_id": entry_id, "id": envelope_id, "partition": index })),
         )
             .into_response());
     }
+    // The producer counts it in streambus_published_total.
     let entry_id = state.producer().publish(&stream, message).await?;
-    metrics::counter!(streambus::metrics::PUBLISHED, "stream" => stream.clone()).increment(1);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "entry_id": entry_id, "id": envelope_id })),

@@ -178,8 +178,19 @@ impl Producer {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| Error::redis(format!("XADD to {stream} failed"), e))?;
+            let before = ids.len();
+            let mut failed = None;
             for r in replies {
-                ids.push(entry_id(stream, r)?);
+                match entry_id(stream, r) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            count_published(stream, (ids.len() - before) as u64);
+            if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(ids)
@@ -202,6 +213,13 @@ impl Producer {
             ));
         }
         Ok(())
+    }
+}
+
+/// Counts written entries (one label allocation per pipeline, not per entry).
+fn count_published(stream: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!(crate::metrics::PUBLISHED, "stream" => stream.to_owned()).increment(n);
     }
 }
 
@@ -313,9 +331,16 @@ async fn send_pipeline(mut conn: Connection, retention: Retention, jobs: Vec<Job
     }
     match pipe.query_async::<Vec<Value>>(&mut conn).await {
         Ok(replies) => {
+            let mut written = 0;
+            let stream = jobs.first().map(|j| j.stream.clone());
             for (job, r) in jobs.into_iter().zip(replies) {
+                let id = entry_id(&job.stream, r);
+                written += u64::from(id.is_ok());
                 // The caller may have stopped waiting; its result is then unwanted.
-                let _ = job.reply.send(entry_id(&job.stream, r));
+                let _ = job.reply.send(id);
+            }
+            if let Some(stream) = stream {
+                count_published(&stream, written);
             }
         }
         Err(e) => {

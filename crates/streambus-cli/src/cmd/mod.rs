@@ -14,6 +14,7 @@ use crate::cli::{Cli, Command, PartitionsArg};
 use crate::embedded::{self, EmbeddedRedis};
 use crate::topology::{self, Topology};
 
+mod bench;
 mod consume;
 mod demo;
 mod dlq;
@@ -51,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         .clone()
         .or_else(|| topology.as_ref().and_then(|t| t.redis.clone()));
     match cli.command {
+        Command::Bench(args) => return bench::run(given, args).await,
         Command::Demo(args) => {
             let (client, _embedded) = match given {
                 Some(url) => (open(&url)?, None),
@@ -75,7 +77,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dlq(args) => dlq::run(&client, args, topology).await,
         Command::Monitor(args) => monitor::run(&client, args, topology).await,
         Command::Scale(args) => scale::run(&client, args).await,
-        Command::Demo(_) | Command::Serve(_) | Command::Topology(_) => {
+        Command::Bench(_) | Command::Demo(_) | Command::Serve(_) | Command::Topology(_) => {
             unreachable!("handled above")
         }
     }
