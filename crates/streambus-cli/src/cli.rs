@@ -274,6 +274,9 @@ pub struct TailArgs {
     pub follow: bool,
 }
 
+/// The help section of the options that only go with `consume --exec`.
+const EXEC_HEADING: &str = "Running a command (--exec)";
+
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
     /// The stream to read.
@@ -325,7 +328,7 @@ pub struct ConsumeArgs {
     /// STREAMBUS_PARTITION_KEY). Exit 0 acknowledges the entry, 65 (EX_DATAERR)
     /// dead-letters it at once, anything else (75 EX_TEMPFAIL, other codes, a
     /// signal) retries it after the backoff, until --max-deliveries.
-    #[arg(long, value_name = "CMD", help_heading = "Running a command (--exec)")]
+    #[arg(long, value_name = "CMD", help_heading = EXEC_HEADING)]
     pub exec: Option<String>,
 
     /// Commands running at the same time [default: 1: each command is a
@@ -334,7 +337,7 @@ pub struct ConsumeArgs {
         long,
         value_name = "N",
         requires = "exec",
-        help_heading = "Running a command (--exec)"
+        help_heading = EXEC_HEADING
     )]
     pub concurrency: Option<usize>,
 
@@ -346,7 +349,7 @@ pub struct ConsumeArgs {
         value_name = "DURATION",
         value_parser = parse_duration,
         requires = "exec",
-        help_heading = "Running a command (--exec)"
+        help_heading = EXEC_HEADING
     )]
     pub visibility_timeout: Option<Duration>,
 
@@ -355,7 +358,7 @@ pub struct ConsumeArgs {
         long,
         value_name = "N",
         requires = "exec",
-        help_heading = "Running a command (--exec)"
+        help_heading = EXEC_HEADING
     )]
     pub max_deliveries: Option<u32>,
 
@@ -366,12 +369,12 @@ pub struct ConsumeArgs {
         value_name = "BASE[,MAX]",
         value_parser = parse_backoff,
         requires = "exec",
-        help_heading = "Running a command (--exec)"
+        help_heading = EXEC_HEADING
     )]
     pub backoff: Option<Backoff>,
 
     /// Run entries with the same envelope key one at a time, in stream order.
-    #[arg(long, requires = "exec", help_heading = "Running a command (--exec)")]
+    #[arg(long, requires = "exec", help_heading = EXEC_HEADING)]
     pub ordered_by_key: bool,
 
     /// On Ctrl-C or SIGTERM, how long running commands may still take; then
@@ -382,7 +385,7 @@ pub struct ConsumeArgs {
         value_name = "DURATION",
         value_parser = parse_duration,
         requires = "exec",
-        help_heading = "Running a command (--exec)"
+        help_heading = EXEC_HEADING
     )]
     pub grace: Option<Duration>,
 }

@@ -2,7 +2,9 @@
 //! `streambus-testkit`). Nothing waits with a fixed sleep: conditions are polled
 //! with a deadline.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -10,106 +12,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use streambus_testkit::{free_port, RedisServer, ServerOptions};
 
+use common::{ok, pending, run, run_with, sb_redis, sb_url, streambus, text, wait_until, xlen};
+
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// `streambus --redis URL ARGS...`, with no Redis or log settings inherited.
-fn sb_url(url: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.env_remove("REDIS_URL")
-        .env_remove("RUST_LOG")
-        .arg("--redis")
-        .arg(url)
-        .args(args);
-    cmd
-}
-
-fn sb(server: &RedisServer, args: &[&str]) -> Command {
-    sb_url(&server.url(), args)
-}
-
-/// Runs to completion (within the deadline), with `stdin` as input.
-fn run_with(mut cmd: Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn streambus");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    // Written from a thread: the child may fill its stdout pipe before it has
-    // read all of its input.
-    let writer = std::thread::spawn(move || {
-        // The child may stop reading early (a bad line): a broken pipe is fine.
-        let _ = input.write_all(&data);
-    });
-    let out = wait_output(child);
-    writer.join().unwrap();
-    out
-}
-
-fn run(cmd: Command) -> Output {
-    run_with(cmd, b"")
-}
-
-/// Waits for a child to exit, killing it (and failing) after the deadline.
-fn wait_output(mut child: Child) -> Output {
-    let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).unwrap();
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).unwrap();
-        tx.send(()).ok();
-        buf
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            child.kill().ok();
-            panic!("streambus did not exit within {DEADLINE:?}");
-        }
-        // Wake up when stderr closes (the child exited), or poll again soon.
-        let _ = rx.recv_timeout(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "status {:?}, stderr: {}",
-        o.status,
-        stderr(o)
-    );
-    stdout(o)
-}
 
 /// Checks a failure: exit code, and one `error: ...` line that contains `needle`.
 #[track_caller]
 fn fails(o: &Output, code: i32, needle: &str) -> String {
-    let err = stderr(o);
+    let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
     assert!(err.starts_with("error: "), "{err}");
@@ -126,22 +36,13 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-fn xlen(server: &RedisServer, stream: &str) -> u64 {
-    server.cli(&["XLEN", stream]).parse().unwrap()
-}
-
-/// The number of pending entries of a group (first line of XPENDING's summary).
-fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
-    let out = server.cli(&["XPENDING", stream, group]);
-    out.lines().next().unwrap().trim().parse().unwrap()
-}
-
 /// Publishes `{"n": i}` for each i in `range` with the CLI; returns the ids.
 fn publish_n(server: &RedisServer, stream: &str, range: std::ops::Range<u32>) -> Vec<String> {
     let input: String = range.map(|i| format!("{{\"n\":{i}}}\n")).collect();
     let out = ok(&run_with(
-        sb(server, &["publish", stream]),
+        sb_redis(server, &["publish", stream]),
         input.as_bytes(),
+        DEADLINE,
     ));
     out.lines().map(str::to_owned).collect()
 }
@@ -206,23 +107,26 @@ fn spawn(mut cmd: Command) -> KillOnDrop {
 #[test]
 fn publish_json_arguments_prints_one_id_each() {
     let server = RedisServer::start();
-    let out = ok(&run(sb(
-        &server,
-        &[
-            "publish",
-            "s",
-            r#"{"a":1}"#,
-            "[2]",
-            "--type",
-            "t",
-            "--key",
-            "k",
-        ],
-    )));
+    let out = ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "publish",
+                "s",
+                r#"{"a":1}"#,
+                "[2]",
+                "--type",
+                "t",
+                "--key",
+                "k",
+            ],
+        ),
+        DEADLINE,
+    ));
     let ids: Vec<&str> = out.lines().collect();
     assert_eq!(ids.len(), 2);
     assert!(ids[0] < ids[1] || ids[0].len() < ids[1].len());
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s"]))));
+    let rows = json_lines(&ok(&run(sb_redis(&server, &["tail", "s"]), DEADLINE)));
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["entry_id"], ids[0]);
     assert_eq!(rows[0]["data"]["a"], 1);
@@ -241,14 +145,21 @@ fn publish_stdin_streams_many_lines() {
             input.push_str("\n  \n");
         }
     }
-    let out = ok(&run_with(sb(&server, &["publish", "s"]), input.as_bytes()));
+    let out = ok(&run_with(
+        sb_redis(&server, &["publish", "s"]),
+        input.as_bytes(),
+        DEADLINE,
+    ));
     let ids: Vec<&str> = out.lines().collect();
     assert_eq!(ids.len(), 2500);
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 2500);
     assert_eq!(xlen(&server, "s"), 2500);
     // In order: the last entry is the last line.
-    let last = json_lines(&ok(&run(sb(&server, &["tail", "s", "-n", "1"]))));
+    let last = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "-n", "1"]),
+        DEADLINE,
+    )));
     assert_eq!(data_n(&last[0]), 2499);
     assert_eq!(last[0]["entry_id"], *ids.last().unwrap());
 }
@@ -256,19 +167,25 @@ fn publish_stdin_streams_many_lines() {
 #[test]
 fn publish_field_writes_one_raw_entry() {
     let server = RedisServer::start();
-    let out = ok(&run(sb(
-        &server,
-        &[
-            "publish",
-            "s",
-            "--field",
-            "sensor_id=s1",
-            "--field",
-            "temp=0.5=x",
-        ],
-    )));
+    let out = ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "publish",
+                "s",
+                "--field",
+                "sensor_id=s1",
+                "--field",
+                "temp=0.5=x",
+            ],
+        ),
+        DEADLINE,
+    ));
     assert_eq!(out.lines().count(), 1);
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s", "--from", "0"]))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--from", "0"]),
+        DEADLINE,
+    )));
     assert_eq!(rows.len(), 1);
     assert_eq!(
         rows[0]["fields"],
@@ -281,8 +198,11 @@ fn publish_field_writes_one_raw_entry() {
 #[test]
 fn publish_rejects_field_mixed_with_json() {
     let server = RedisServer::start();
-    let o = run(sb(&server, &["publish", "s", "{}", "--field", "a=1"]));
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(
+        sb_redis(&server, &["publish", "s", "{}", "--field", "a=1"]),
+        DEADLINE,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert_eq!(xlen(&server, "s"), 0);
 }
 
@@ -291,8 +211,9 @@ fn publish_maxlen_trims() {
     let server = RedisServer::start();
     let input: String = (0..1000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
     let out = ok(&run_with(
-        sb(&server, &["publish", "s", "--maxlen", "10"]),
+        sb_redis(&server, &["publish", "s", "--maxlen", "10"]),
         input.as_bytes(),
+        DEADLINE,
     ));
     assert_eq!(out.lines().count(), 1000);
     // Approximate trimming removes whole nodes (100 entries by default).
@@ -303,10 +224,13 @@ fn publish_maxlen_trims() {
 #[test]
 fn publish_invalid_json_argument_writes_nothing() {
     let server = RedisServer::start();
-    let o = run(sb(&server, &["publish", "s", "{}", "{nope"]));
+    let o = run(
+        sb_redis(&server, &["publish", "s", "{}", "{nope"]),
+        DEADLINE,
+    );
     fails(&o, 1, "JSON argument 2");
     fails(&o, 1, "not valid JSON");
-    assert_eq!(stdout(&o), "");
+    assert_eq!(text(&o.stdout), "");
     assert_eq!(xlen(&server, "s"), 0);
 }
 
@@ -314,13 +238,14 @@ fn publish_invalid_json_argument_writes_nothing() {
 fn publish_invalid_stdin_line_names_it_and_keeps_earlier_ones() {
     let server = RedisServer::start();
     let o = run_with(
-        sb(&server, &["publish", "s"]),
+        sb_redis(&server, &["publish", "s"]),
         b"{\"n\":0}\n\n{\"n\":1}\n{oops\n{\"n\":3}\n",
+        DEADLINE,
     );
     let err = fails(&o, 1, "line 4");
     assert!(err.contains("2 messages before it published"), "{err}");
     assert!(err.contains("not valid JSON"), "{err}");
-    assert_eq!(stdout(&o).lines().count(), 2);
+    assert_eq!(text(&o.stdout).lines().count(), 2);
     assert_eq!(xlen(&server, "s"), 2);
 }
 
@@ -328,18 +253,22 @@ fn publish_invalid_stdin_line_names_it_and_keeps_earlier_ones() {
 fn publish_oversized_payload_writes_nothing() {
     let server = RedisServer::start();
     let big = format!("\"{}\"", "x".repeat(3000));
-    let o = run(sb(
-        &server,
-        &["publish", "s", &big, "--max-message-bytes", "2KiB"],
-    ));
+    let o = run(
+        sb_redis(
+            &server,
+            &["publish", "s", &big, "--max-message-bytes", "2KiB"],
+        ),
+        DEADLINE,
+    );
     fails(&o, 1, "exceeds the limit of 2048 bytes");
     assert_eq!(xlen(&server, "s"), 0);
 
     // On stdin, a line longer than the limit is refused without reading it whole.
     let line = format!("{big}\n");
     let o = run_with(
-        sb(&server, &["publish", "s", "--max-message-bytes", "1k"]),
+        sb_redis(&server, &["publish", "s", "--max-message-bytes", "1k"]),
         line.as_bytes(),
+        DEADLINE,
     );
     fails(&o, 1, "line 1");
     assert_eq!(xlen(&server, "s"), 0);
@@ -351,12 +280,15 @@ fn publish_oversized_payload_writes_nothing() {
 fn tail_prints_the_last_entries_in_order() {
     let server = RedisServer::start();
     publish_n(&server, "s", 0..15);
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s"]))));
+    let rows = json_lines(&ok(&run(sb_redis(&server, &["tail", "s"]), DEADLINE)));
     let ns: Vec<u64> = rows.iter().map(data_n).collect();
     assert_eq!(ns, (5..15).collect::<Vec<_>>());
     assert_eq!(rows[0]["stream"], "s");
 
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s", "--count", "3"]))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--count", "3"]),
+        DEADLINE,
+    )));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [12, 13, 14]);
 }
 
@@ -364,27 +296,39 @@ fn tail_prints_the_last_entries_in_order() {
 fn tail_from_beginning_from_id_and_count() {
     let server = RedisServer::start();
     let ids = publish_n(&server, "s", 0..15);
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s", "--from", "0"]))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--from", "0"]),
+        DEADLINE,
+    )));
     assert_eq!(rows.len(), 15);
     assert_eq!(data_n(&rows[0]), 0);
 
-    let rows = json_lines(&ok(&run(sb(
-        &server,
-        &["tail", "s", "--from", "0", "--count", "3"],
-    ))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--from", "0", "--count", "3"]),
+        DEADLINE,
+    )));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [0, 1, 2]);
 
-    let rows = json_lines(&ok(&run(sb(&server, &["tail", "s", "--from", &ids[11]]))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--from", &ids[11]]),
+        DEADLINE,
+    )));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [12, 13, 14]);
 
-    assert_eq!(ok(&run(sb(&server, &["tail", "s", "--from", "$"]))), "");
+    assert_eq!(
+        ok(&run(
+            sb_redis(&server, &["tail", "s", "--from", "$"]),
+            DEADLINE
+        )),
+        ""
+    );
 }
 
 #[test]
 fn tail_follow_prints_new_entries() {
     let server = RedisServer::start();
     publish_n(&server, "s", 0..2);
-    let mut child = spawn(sb(&server, &["tail", "s", "--follow"]));
+    let mut child = spawn(sb_redis(&server, &["tail", "s", "--follow"]));
     let lines = LineReader::new(child.0.stdout.take().unwrap());
     assert_eq!(data_n(&lines.next()), 0);
     assert_eq!(data_n(&lines.next()), 1);
@@ -396,7 +340,7 @@ fn tail_follow_prints_new_entries() {
 #[test]
 fn tail_follow_waits_for_a_missing_stream_and_stops_at_count() {
     let server = RedisServer::start();
-    let mut child = spawn(sb(
+    let mut child = spawn(sb_redis(
         &server,
         &["tail", "s", "--from", "0", "--follow", "--count", "3"],
     ));
@@ -423,7 +367,7 @@ fn tail_into_a_closed_pipe_exits_quietly() {
     // `streambus tail s --follow | head -1`
     let server = RedisServer::start();
     publish_n(&server, "s", 0..1);
-    let mut child = spawn(sb(&server, &["tail", "s", "--follow"]));
+    let mut child = spawn(sb_redis(&server, &["tail", "s", "--follow"]));
     let mut reader = BufReader::new(child.0.stdout.take().unwrap());
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();
@@ -451,16 +395,23 @@ fn tail_into_a_closed_pipe_exits_quietly() {
 fn tail_errors() {
     let server = RedisServer::start();
     fails(
-        &run(sb(&server, &["tail", "nope"])),
+        &run(sb_redis(&server, &["tail", "nope"]), DEADLINE),
         1,
         "stream \"nope\" does not exist",
     );
-    let o = run(sb(&server, &["tail", "s", "--from", "nope"]));
+    let o = run(
+        sb_redis(&server, &["tail", "s", "--from", "nope"]),
+        DEADLINE,
+    );
     fails(&o, 2, "invalid start \"nope\"");
     server.cli(&["SET", "k", "x"]);
-    fails(&run(sb(&server, &["tail", "k"])), 1, "not a stream");
     fails(
-        &run(sb(&server, &["tail", "k", "--follow"])),
+        &run(sb_redis(&server, &["tail", "k"]), DEADLINE),
+        1,
+        "not a stream",
+    );
+    fails(
+        &run(sb_redis(&server, &["tail", "k", "--follow"]), DEADLINE),
         1,
         "not a stream",
     );
@@ -484,13 +435,13 @@ fn consume_count_prints_then_acknowledges() {
         "--max-wait",
         "100ms",
     ];
-    let rows = json_lines(&ok(&run(sb(&server, &args))));
+    let rows = json_lines(&ok(&run(sb_redis(&server, &args), DEADLINE)));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [0, 1, 2]);
     assert_eq!(pending(&server, "s", "g"), 0);
     // Only what was printed was delivered: the next run goes on from there.
     let mut args = args;
     args[7] = "2";
-    let rows = json_lines(&ok(&run(sb(&server, &args))));
+    let rows = json_lines(&ok(&run(sb_redis(&server, &args), DEADLINE)));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [3, 4]);
     assert_eq!(pending(&server, "s", "g"), 0);
 }
@@ -499,7 +450,10 @@ fn consume_count_prints_then_acknowledges() {
 fn consume_takes_back_its_own_pending_entries_first() {
     let server = RedisServer::start();
     publish_n(&server, "s", 0..4);
-    ok(&run(sb(&server, &["groups", "s", "--create", "g"])));
+    ok(&run(
+        sb_redis(&server, &["groups", "s", "--create", "g"]),
+        DEADLINE,
+    ));
     // Delivered to c1 and never acknowledged (as if c1 had crashed).
     server.cli(&[
         "XREADGROUP",
@@ -513,21 +467,24 @@ fn consume_takes_back_its_own_pending_entries_first() {
         ">",
     ]);
     assert_eq!(pending(&server, "s", "g"), 2);
-    let rows = json_lines(&ok(&run(sb(
-        &server,
-        &[
-            "consume",
-            "s",
-            "-g",
-            "g",
-            "-c",
-            "c1",
-            "-n",
-            "3",
-            "--batch-size",
-            "2",
-        ],
-    ))));
+    let rows = json_lines(&ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "consume",
+                "s",
+                "-g",
+                "g",
+                "-c",
+                "c1",
+                "-n",
+                "3",
+                "--batch-size",
+                "2",
+            ],
+        ),
+        DEADLINE,
+    )));
     assert_eq!(rows.iter().map(data_n).collect::<Vec<_>>(), [0, 1, 2]);
     assert_eq!(pending(&server, "s", "g"), 0);
 }
@@ -536,7 +493,7 @@ fn consume_takes_back_its_own_pending_entries_first() {
 fn consume_group_starts_where_asked() {
     let server = RedisServer::start();
     publish_n(&server, "s", 0..2);
-    let mut child = spawn(sb(
+    let mut child = spawn(sb_redis(
         &server,
         &[
             "consume",
@@ -553,11 +510,9 @@ fn consume_group_starts_where_asked() {
     ));
     let lines = LineReader::new(child.0.stdout.take().unwrap());
     // Once the group exists, what comes next is what it reads.
-    let start = Instant::now();
-    while !server.cli(&["XINFO", "GROUPS", "s"]).contains('g') {
-        assert!(start.elapsed() < DEADLINE, "group not created");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(DEADLINE, "the group to be created", || {
+        server.cli(&["XINFO", "GROUPS", "s"]).contains('g')
+    });
     publish_n(&server, "s", 2..3);
     assert_eq!(data_n(&lines.next()), 2);
 }
@@ -567,14 +522,20 @@ fn consume_group_starts_where_asked() {
 #[test]
 fn groups_create_list_json_destroy() {
     let server = RedisServer::start();
-    let created = ok(&run(sb(&server, &["groups", "s", "--create", "g"])));
+    let created = ok(&run(
+        sb_redis(&server, &["groups", "s", "--create", "g"]),
+        DEADLINE,
+    ));
     assert_eq!(created, "created group g on s\n");
-    let again = ok(&run(sb(&server, &["groups", "s", "--create", "g"])));
+    let again = ok(&run(
+        sb_redis(&server, &["groups", "s", "--create", "g"]),
+        DEADLINE,
+    ));
     assert_eq!(again, "group g already exists on s\n");
-    ok(&run(sb(
-        &server,
-        &["groups", "s", "--create", "late", "--from", "$"],
-    )));
+    ok(&run(
+        sb_redis(&server, &["groups", "s", "--create", "late", "--from", "$"]),
+        DEADLINE,
+    ));
     publish_n(&server, "s", 0..3);
     server.cli(&[
         "XREADGROUP",
@@ -588,7 +549,7 @@ fn groups_create_list_json_destroy() {
         ">",
     ]);
 
-    let table = ok(&run(sb(&server, &["groups", "s"])));
+    let table = ok(&run(sb_redis(&server, &["groups", "s"]), DEADLINE));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     let header = lines[0];
@@ -600,8 +561,11 @@ fn groups_create_list_json_destroy() {
     // Columns line up with the header.
     assert_eq!(header.find("PENDING"), g.find(cols[2]));
 
-    let json: Value =
-        serde_json::from_str(&ok(&run(sb(&server, &["groups", "s", "--json"])))).unwrap();
+    let json: Value = serde_json::from_str(&ok(&run(
+        sb_redis(&server, &["groups", "s", "--json"]),
+        DEADLINE,
+    )))
+    .unwrap();
     let groups = json.as_array().unwrap();
     assert_eq!(groups.len(), 2);
     let g = groups.iter().find(|g| g["name"] == "g").unwrap();
@@ -609,10 +573,16 @@ fn groups_create_list_json_destroy() {
     assert_eq!(g["consumers"], 1);
     assert_eq!(g["lag"], 1);
 
-    let destroyed = ok(&run(sb(&server, &["groups", "s", "--destroy", "g"])));
+    let destroyed = ok(&run(
+        sb_redis(&server, &["groups", "s", "--destroy", "g"]),
+        DEADLINE,
+    ));
     assert_eq!(destroyed, "destroyed group g (it had 2 pending entries)\n");
     fails(
-        &run(sb(&server, &["groups", "s", "--destroy", "g"])),
+        &run(
+            sb_redis(&server, &["groups", "s", "--destroy", "g"]),
+            DEADLINE,
+        ),
         1,
         "no group g on s",
     );
@@ -622,14 +592,14 @@ fn groups_create_list_json_destroy() {
 
 #[test]
 fn bad_url_is_one_line() {
-    let o = run(sb_url("localhost:6379", &["tail", "s"]));
+    let o = run(sb_url("localhost:6379", &["tail", "s"]), DEADLINE);
     fails(&o, 1, "invalid Redis URL");
 }
 
 #[test]
 fn unreachable_redis_is_one_line() {
     let url = format!("redis://127.0.0.1:{}", free_port());
-    let o = run(sb_url(&url, &["publish", "s", "{}"]));
+    let o = run(sb_url(&url, &["publish", "s", "{}"]), DEADLINE);
     fails(&o, 1, "cannot connect to Redis");
 }
 
@@ -645,8 +615,8 @@ fn wrong_password_never_shows_a_password() {
         &["publish", "s", "{}"],
         &["groups", "s"],
     ] {
-        let o = run(sb_url(&url, args));
-        let err = stderr(&o);
+        let o = run(sb_url(&url, args), DEADLINE);
+        let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         let lower = err.to_lowercase();
@@ -660,25 +630,23 @@ fn wrong_password_never_shows_a_password() {
         );
     }
     // The right one works, and is not printed either.
-    let o = run(sb(&server, &["publish", "s", "{}"]));
+    let o = run(sb_redis(&server, &["publish", "s", "{}"]), DEADLINE);
     ok(&o);
-    assert!(!stdout(&o).contains("right-pw-7f3a"));
+    assert!(!text(&o.stdout).contains("right-pw-7f3a"));
 }
 
 #[test]
 fn help_never_shows_the_url_from_the_environment() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.env("REDIS_URL", "redis://:env-secret-41@127.0.0.1:1")
-        .arg("--help");
-    let o = run(cmd);
+    let mut cmd = streambus(&["--help"]);
+    cmd.env("REDIS_URL", "redis://:env-secret-41@127.0.0.1:1");
+    let o = run(cmd, DEADLINE);
     let help = ok(&o);
     assert!(help.contains("REDIS_URL"), "{help}");
     assert!(!help.contains("env-secret-41"), "{help}");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.env("REDIS_URL", "redis://:env-secret-41@127.0.0.1:1")
-        .args(["publish", "s", "{}"]);
-    let err = fails(&run(cmd), 1, "redis://:***@127.0.0.1:1");
+    let mut cmd = streambus(&["publish", "s", "{}"]);
+    cmd.env("REDIS_URL", "redis://:env-secret-41@127.0.0.1:1");
+    let err = fails(&run(cmd, DEADLINE), 1, "redis://:***@127.0.0.1:1");
     assert!(!err.contains("env-secret-41"));
 }
 
@@ -687,10 +655,14 @@ fn wrong_type_of_key_is_one_line() {
     let server = RedisServer::start();
     server.cli(&["SET", "k", "x"]);
     fails(
-        &run(sb(&server, &["publish", "k", "{}"])),
+        &run(sb_redis(&server, &["publish", "k", "{}"]), DEADLINE),
         1,
         "not a stream",
     );
-    fails(&run(sb(&server, &["groups", "k"])), 1, "not a stream");
+    fails(
+        &run(sb_redis(&server, &["groups", "k"]), DEADLINE),
+        1,
+        "not a stream",
+    );
     assert_eq!(server.cli(&["GET", "k"]), "x");
 }

@@ -3,106 +3,28 @@
 //! fixed sleep: conditions are polled with a deadline; retries use millisecond
 //! backoffs.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use streambus_testkit::RedisServer;
 
+use common::{ok, pending, run, sb_redis, text, wait, wait_until, xlen};
+
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// `streambus --redis URL ARGS...`, with no Redis or log settings inherited.
-fn sb(server: &RedisServer, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.env_remove("REDIS_URL")
-        .env_remove("RUST_LOG")
-        .arg("--redis")
-        .arg(server.url())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Waits for a child to exit within the deadline (killing it and failing after).
-/// Its output goes to files, so a full pipe never blocks it.
-fn wait(mut child: Child) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > DEADLINE {
-            child.kill().ok();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "streambus did not exit within {DEADLINE:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs to completion. stdout and stderr are read by threads while it runs.
-fn run(mut cmd: Command) -> Output {
-    let mut child = cmd.spawn().expect("spawn streambus");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut buf).unwrap();
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut err, &mut buf).unwrap();
-        buf
-    });
-    let status = wait(child).status;
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "status {:?}, stderr: {}",
-        o.status,
-        text(&o.stderr)
-    );
-    text(&o.stdout)
-}
 
 /// Publishes `{"n": i}` for i in 0..n; returns the entry ids.
 fn publish_n(server: &RedisServer, stream: &str, n: u32) -> Vec<String> {
     let json: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
     let mut args = vec!["publish", stream];
     args.extend(json.iter().map(String::as_str));
-    ok(&run(sb(server, &args)))
+    ok(&run(sb_redis(server, &args), DEADLINE))
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-fn xlen(server: &RedisServer, key: &str) -> u64 {
-    server.cli(&["XLEN", key]).parse().unwrap()
-}
-
-/// The number of pending entries of a group (first line of XPENDING's summary).
-fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
-    let out = server.cli(&["XPENDING", stream, group]);
-    out.lines().next().unwrap().trim().parse().unwrap()
 }
 
 /// The ids pending in a group.
@@ -115,8 +37,11 @@ fn pending_ids(server: &RedisServer, stream: &str, group: &str) -> Vec<String> {
 
 /// Entries of the stream not yet delivered to the group (XINFO GROUPS lag).
 fn lag(server: &RedisServer, stream: &str, group: &str) -> u64 {
-    let json: Value =
-        serde_json::from_str(&ok(&run(sb(server, &["groups", stream, "--json"])))).unwrap();
+    let json: Value = serde_json::from_str(&ok(&run(
+        sb_redis(server, &["groups", stream, "--json"]),
+        DEADLINE,
+    )))
+    .unwrap();
     let g = json
         .as_array()
         .unwrap()
@@ -128,10 +53,13 @@ fn lag(server: &RedisServer, stream: &str, group: &str) -> u64 {
 }
 
 fn dead_letters(server: &RedisServer, stream: &str) -> Vec<Value> {
-    ok(&run(sb(server, &["dlq", "list", stream, "--json"])))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    ok(&run(
+        sb_redis(server, &["dlq", "list", stream, "--json"]),
+        DEADLINE,
+    ))
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -153,7 +81,7 @@ fn q(path: &Path) -> String {
 fn exec(server: &RedisServer, stream: &str, cmd: &str, extra: &[&str]) -> String {
     let mut args = vec!["consume", stream, "--group", "g", "--exec", cmd];
     args.extend_from_slice(extra);
-    let out = run(sb(server, &args));
+    let out = run(sb_redis(server, &args), DEADLINE);
     ok(&out);
     text(&out.stderr)
 }
@@ -236,7 +164,7 @@ fn exit_65_dead_letters_at_once() {
     assert_eq!(pending(&server, "s", "g"), 0);
 
     // The table: a header and one row.
-    let table = ok(&run(sb(&server, &["dlq", "list", "s"])));
+    let table = ok(&run(sb_redis(&server, &["dlq", "list", "s"]), DEADLINE));
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows.len(), 2, "{table}");
     assert!(rows[0].starts_with("ID "), "{table}");
@@ -318,7 +246,7 @@ fn sigterm_finishes_running_commands_and_loses_nothing() {
     publish_n(&server, "s", 8);
 
     let cmd = format!("sleep 0.3; cat >> {}", q(&file));
-    let mut command = sb(
+    let mut command = sb_redis(
         &server,
         &[
             "consume",
@@ -336,15 +264,11 @@ fn sigterm_finishes_running_commands_and_loses_nothing() {
     command.stdout(Stdio::null()).stderr(stderr);
     let child = command.spawn().unwrap();
 
-    let start = Instant::now();
-    while lines(&file).is_empty() {
-        assert!(start.elapsed() < DEADLINE, "no command finished");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(DEADLINE, "a command to finish", || !lines(&file).is_empty());
     // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let out = wait(child);
+    let out = wait(child, DEADLINE);
     let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.contains("consumed: delivered"), "{err}");
@@ -378,10 +302,10 @@ fn dlq_replay_and_purge() {
     let dl_ids: Vec<&str> = dl.iter().map(|d| d["id"].as_str().unwrap()).collect();
 
     // One by id.
-    let out = ok(&run(sb(
-        &server,
-        &["dlq", "replay", "s", "--id", dl_ids[0]],
-    )));
+    let out = ok(&run(
+        sb_redis(&server, &["dlq", "replay", "s", "--id", dl_ids[0]]),
+        DEADLINE,
+    ));
     assert!(
         out.starts_with(&format!("replayed {} as ", dl_ids[0])),
         "{out}"
@@ -390,10 +314,13 @@ fn dlq_replay_and_purge() {
     assert_eq!(xlen(&server, "{s}:dlq"), 2);
 
     // An unknown id fails, after replaying the known one.
-    let o = run(sb(
-        &server,
-        &["dlq", "replay", "s", "--id", "1-1", "--id", dl_ids[1]],
-    ));
+    let o = run(
+        sb_redis(
+            &server,
+            &["dlq", "replay", "s", "--id", "1-1", "--id", dl_ids[1]],
+        ),
+        DEADLINE,
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(err.starts_with("error: no dead letter 1-1 for s"), "{err}");
@@ -402,11 +329,14 @@ fn dlq_replay_and_purge() {
     assert_eq!(xlen(&server, "{s}:dlq"), 1);
 
     // The rest.
-    let out = ok(&run(sb(&server, &["dlq", "replay", "s", "--all"])));
+    let out = ok(&run(
+        sb_redis(&server, &["dlq", "replay", "s", "--all"]),
+        DEADLINE,
+    ));
     assert_eq!(out, "replayed 1 dead letters onto s\n");
     assert_eq!(xlen(&server, "s"), 6);
     assert_eq!(xlen(&server, "{s}:dlq"), 0);
-    let o = run(sb(&server, &["dlq", "list", "s"]));
+    let o = run(sb_redis(&server, &["dlq", "list", "s"]), DEADLINE);
     assert_eq!(ok(&o), "");
     assert_eq!(text(&o.stderr), "no dead letters for s\n");
 
@@ -414,14 +344,17 @@ fn dlq_replay_and_purge() {
     exec(&server, "s", "exit 65", &["--count", "3"]);
     assert_eq!(xlen(&server, "{s}:dlq"), 3);
 
-    let o = run(sb(&server, &["dlq", "purge", "s"]));
+    let o = run(sb_redis(&server, &["dlq", "purge", "s"]), DEADLINE);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         text(&o.stderr),
         "error: this deletes 3 dead letters of s; run again with --yes\n"
     );
     assert_eq!(xlen(&server, "{s}:dlq"), 3);
-    let out = ok(&run(sb(&server, &["dlq", "purge", "s", "--yes"])));
+    let out = ok(&run(
+        sb_redis(&server, &["dlq", "purge", "s", "--yes"]),
+        DEADLINE,
+    ));
     assert_eq!(out, "purged 3 dead letters\n");
     assert_eq!(xlen(&server, "{s}:dlq"), 0);
 }
@@ -436,7 +369,7 @@ fn when_the_grace_runs_out_the_command_and_its_children_are_killed() {
 
     // The shell waits for a child of its own: killing the shell alone would leave it.
     let cmd = format!("sleep 30 & echo $! > {}; wait", q(&pid_file));
-    let mut command = sb(
+    let mut command = sb_redis(
         &server,
         &[
             "consume", "s", "--group", "g", "--exec", &cmd, "--grace", "50ms",
@@ -457,7 +390,7 @@ fn when_the_grace_runs_out_the_command_and_its_children_are_killed() {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
         0
     );
-    let out = wait(child);
+    let out = wait(child, DEADLINE);
     let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(err.contains("unfinished 1 (left pending)"), "{err}");

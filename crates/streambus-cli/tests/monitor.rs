@@ -3,83 +3,18 @@
 //! conditions (a consumer becoming idle, a line of output) are polled with a
 //! deadline.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use streambus_testkit::RedisServer;
 
+use common::{ok, run, sb_redis, wait, wait_until};
+
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// `streambus --redis URL ARGS...`, with no Redis or log settings inherited.
-fn sb(server: &RedisServer, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.env_remove("REDIS_URL")
-        .env_remove("RUST_LOG")
-        .arg("--redis")
-        .arg(server.url())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// Runs to completion, killing it (and failing) after the deadline.
-fn run(mut cmd: Command) -> Output {
-    let child = cmd.spawn().expect("spawn streambus");
-    wait_output(child)
-}
-
-fn wait_output(mut child: Child) -> Output {
-    let start = Instant::now();
-    // Stdout may already be in the hands of the test (a line reader).
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut s) = stdout {
-            s.read_to_end(&mut buf).unwrap();
-        }
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut s) = stderr {
-            s.read_to_end(&mut buf).unwrap();
-        }
-        buf
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > DEADLINE {
-            child.kill().ok();
-            panic!("streambus did not exit within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-/// Stdout of a successful run.
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "status {:?}, stderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
 
 /// Adds `n` entries to `stream` in one call.
 fn add(server: &RedisServer, stream: &str, n: u32) {
@@ -157,23 +92,16 @@ fn cells(line: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `cond` until it holds, failing after the deadline.
-#[track_caller]
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 // ---------------------------------------------------------------- monitor
 
 #[test]
 fn monitor_json_is_one_document_with_the_documented_fields() {
     let server = RedisServer::start();
     reference_example(&server);
-    let out = ok(&run(sb(&server, &["monitor", "s", "--json"])));
+    let out = ok(&run(
+        sb_redis(&server, &["monitor", "s", "--json"]),
+        DEADLINE,
+    ));
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
 
@@ -228,10 +156,10 @@ fn monitor_table_shows_consumers_and_statuses() {
     server.cli(&["XGROUP", "CREATECONSUMER", "s", "g", "sleeper"]);
 
     // Long threshold: a warning for the consumer holding more than 40.
-    let out = ok(&run(sb(
-        &server,
-        &["monitor", "s", "--pending-warning", "40"],
-    )));
+    let out = ok(&run(
+        sb_redis(&server, &["monitor", "s", "--pending-warning", "40"]),
+        DEADLINE,
+    ));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("stream s: length 94,"), "{out}");
     assert!(
@@ -257,13 +185,16 @@ fn monitor_table_shows_consumers_and_statuses() {
 
     // 20 ms: once the sleeper has been idle that long it is reported, and the
     // consumers holding entries are stalled.
-    wait_until("the sleeper to be idle", || {
+    wait_until(DEADLINE, "the sleeper to be idle", || {
         idle_ms(&server, "s", "g", "sleeper") > 30
     });
-    let out = ok(&run(sb(
-        &server,
-        &["monitor", "s", "--group", "g", "--idle-threshold", "20ms"],
-    )));
+    let out = ok(&run(
+        sb_redis(
+            &server,
+            &["monitor", "s", "--group", "g", "--idle-threshold", "20ms"],
+        ),
+        DEADLINE,
+    ));
     let statuses: Vec<(String, String)> = out
         .lines()
         .map(cells)
@@ -299,7 +230,7 @@ fn monitor_marks_an_unknown_lag() {
     // A deletion ahead of the group: Redis can no longer tell its lag.
     server.cli(&["XDEL", "u", "4-0"]);
 
-    let out = ok(&run(sb(&server, &["monitor", "u"])));
+    let out = ok(&run(sb_redis(&server, &["monitor", "u"]), DEADLINE));
     assert!(out.contains(", lag ?,"), "{out}");
     assert!(
         out.lines()
@@ -308,14 +239,17 @@ fn monitor_marks_an_unknown_lag() {
             .contains("unknown (entries were deleted)"),
         "{out}"
     );
-    let v: Value =
-        serde_json::from_str(&ok(&run(sb(&server, &["monitor", "u", "--json"])))).unwrap();
+    let v: Value = serde_json::from_str(&ok(&run(
+        sb_redis(&server, &["monitor", "u", "--json"]),
+        DEADLINE,
+    )))
+    .unwrap();
     assert!(v["groups"][0]["lag"].is_null(), "{v}");
 
-    let out = ok(&run(sb(
-        &server,
-        &["scale", "u", "-g", "g", "--window", "10ms"],
-    )));
+    let out = ok(&run(
+        sb_redis(&server, &["scale", "u", "-g", "g", "--window", "10ms"]),
+        DEADLINE,
+    ));
     assert!(
         out.lines().next().unwrap().contains("cannot tell the lag"),
         "{out}"
@@ -330,7 +264,7 @@ fn dead_and_live(server: &RedisServer, threshold: Duration) {
     server.cli(&["XGROUP", "CREATE", "s", "g", "0"]);
     deliver(server, "s", "g", "dead", 10);
     let ms = threshold.as_millis() as u64;
-    wait_until("the dead consumer to be idle", || {
+    wait_until(DEADLINE, "the dead consumer to be idle", || {
         idle_ms(server, "s", "g", "dead") > ms + 20
     });
 }
@@ -351,7 +285,7 @@ fn run_with_live(server: &RedisServer, args: &[&str], moved: &str) -> String {
     let start = Instant::now();
     loop {
         touch_live(server);
-        let out = ok(&run(sb(server, args)));
+        let out = ok(&run(sb_redis(server, args), DEADLINE));
         if out.contains(moved) {
             return out;
         }
@@ -440,7 +374,7 @@ fn cleanup_moves_a_dead_consumers_entries_to_a_live_one() {
 #[test]
 fn cleanup_without_group_is_a_usage_error() {
     let server = RedisServer::start();
-    let o = run(sb(&server, &["monitor", "s", "--cleanup"]));
+    let o = run(sb_redis(&server, &["monitor", "s", "--cleanup"]), DEADLINE);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--group"), "{err}");
@@ -451,7 +385,7 @@ fn cleanup_without_group_is_a_usage_error() {
 fn watch_json_prints_lines_until_sigterm() {
     let server = RedisServer::start();
     reference_example(&server);
-    let mut child = sb(&server, &["monitor", "s", "--json", "--watch", "20ms"])
+    let mut child = sb_redis(&server, &["monitor", "s", "--json", "--watch", "20ms"])
         .spawn()
         .expect("spawn streambus");
     let (tx, rx) = mpsc::channel();
@@ -475,7 +409,7 @@ fn watch_json_prints_lines_until_sigterm() {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
         0
     );
-    let out = wait_output(child);
+    let out = wait(child, DEADLINE);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -493,7 +427,7 @@ fn watch_json_prints_lines_until_sigterm() {
 fn watch_text_separates_snapshots_with_a_blank_line_when_piped() {
     let server = RedisServer::start();
     reference_example(&server);
-    let mut child = sb(&server, &["monitor", "s", "--watch=20ms"])
+    let mut child = sb_redis(&server, &["monitor", "s", "--watch=20ms"])
         .spawn()
         .expect("spawn streambus");
     let (tx, rx) = mpsc::channel();
@@ -520,7 +454,7 @@ fn watch_text_separates_snapshots_with_a_blank_line_when_piped() {
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
         0
     );
-    assert!(wait_output(child).status.success());
+    assert!(wait(child, DEADLINE).status.success());
     let second = seen
         .iter()
         .rposition(|l| l.starts_with("stream s:"))
@@ -535,21 +469,24 @@ fn watch_text_separates_snapshots_with_a_blank_line_when_piped() {
 fn scale_prints_the_reference_sentence_and_the_target() {
     let server = RedisServer::start();
     reference_example(&server);
-    let out = ok(&run(sb(
-        &server,
-        &[
-            "scale",
-            "s",
-            "--group",
-            "g",
-            "--window",
-            "200ms",
-            "--scale-out-rate",
-            "60",
-            "--scale-in-rate",
-            "20",
-        ],
-    )));
+    let out = ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "scale",
+                "s",
+                "--group",
+                "g",
+                "--window",
+                "200ms",
+                "--scale-out-rate",
+                "60",
+                "--scale-in-rate",
+                "20",
+            ],
+        ),
+        DEADLINE,
+    ));
     let lines: Vec<&str> = out.lines().collect();
     // 11 / 83 * 100 = 13.2530..., below 20 with two consumers.
     assert_eq!(
@@ -572,10 +509,10 @@ fn scale_prints_the_reference_sentence_and_the_target() {
     assert!(!out.contains("sampling"), "{out}");
 
     // With the reference package's own defaults (50 / 10), 13.253% is no change.
-    let out = ok(&run(sb(
-        &server,
-        &["scale", "s", "-g", "g", "--window", "10ms"],
-    )));
+    let out = ok(&run(
+        sb_redis(&server, &["scale", "s", "-g", "g", "--window", "10ms"]),
+        DEADLINE,
+    ));
     assert!(
         out.starts_with(
             "Consumers should be NO_SCALE as stream length (11) / pending (83) rate is 13.253%\n"
@@ -588,24 +525,27 @@ fn scale_prints_the_reference_sentence_and_the_target() {
 fn scale_json_is_one_object() {
     let server = RedisServer::start();
     reference_example(&server);
-    let out = ok(&run(sb(
-        &server,
-        &[
-            "scale",
-            "s",
-            "-g",
-            "g",
-            "--window",
-            "50ms",
-            "--json",
-            "--scale-out-rate",
-            "60",
-            "--scale-in-rate",
-            "20",
-            "--max-consumers",
-            "8",
-        ],
-    )));
+    let out = ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "scale",
+                "s",
+                "-g",
+                "g",
+                "--window",
+                "50ms",
+                "--json",
+                "--scale-out-rate",
+                "60",
+                "--scale-in-rate",
+                "20",
+                "--max-consumers",
+                "8",
+            ],
+        ),
+        DEADLINE,
+    ));
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["rate"], 13.253);
@@ -629,19 +569,22 @@ fn scale_json_is_one_object() {
 fn scale_rejects_bad_thresholds_and_missing_groups() {
     let server = RedisServer::start();
     reference_example(&server);
-    let o = run(sb(
-        &server,
-        &[
-            "scale",
-            "s",
-            "-g",
-            "g",
-            "--scale-out-rate",
-            "10",
-            "--scale-in-rate",
-            "20",
-        ],
-    ));
+    let o = run(
+        sb_redis(
+            &server,
+            &[
+                "scale",
+                "s",
+                "-g",
+                "g",
+                "--scale-out-rate",
+                "10",
+                "--scale-in-rate",
+                "20",
+            ],
+        ),
+        DEADLINE,
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -650,10 +593,10 @@ fn scale_rejects_bad_thresholds_and_missing_groups() {
     );
     assert!(err.contains("must not be below"), "{err}");
 
-    let o = run(sb(
-        &server,
-        &["scale", "s", "-g", "nope", "--window", "10ms"],
-    ));
+    let o = run(
+        sb_redis(&server, &["scale", "s", "-g", "nope", "--window", "10ms"]),
+        DEADLINE,
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no group \"nope\""), "{err}");

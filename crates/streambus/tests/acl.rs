@@ -2,15 +2,19 @@
 //! README documents: each role works with only those rules, and a missing
 //! permission gives a clear error that names the command and the key.
 
+mod common;
+
 use std::time::Duration;
 
 use streambus::monitor::{self, MonitorOptions};
 use streambus::{
-    dead_letter, CancellationToken, Client, Delivery, ErrorKind, Message, Outcome, Producer,
-    ProducerOptions, Worker, WorkerOptions,
+    dead_letter, CancellationToken, Client, Connection, Delivery, ErrorKind, Message, Outcome,
+    Producer, ProducerOptions, Worker, WorkerOptions,
 };
 use streambus_testkit::{AclUser, RedisServer, ServerOptions};
 use tokio::time::Instant;
+
+use common::connect;
 
 /// The rules documented in the README ("Redis ACL users").
 const PRODUCER: &str = "~aurora:* +ping +xadd";
@@ -20,6 +24,17 @@ const MONITOR: &str =
 
 fn user(name: &str, rules: &str) -> AclUser {
     AclUser::new(name, "pw-for-tests", rules.split(' '))
+}
+
+/// Publishes one message through `conn`, which must be refused for lack of a
+/// permission; the error.
+async fn refused_publish(conn: Connection, stream: &str) -> streambus::Error {
+    let err = Producer::new(conn, ProducerOptions::default())
+        .publish(stream, Message::json(&1).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
+    err
 }
 
 #[tokio::test]
@@ -76,11 +91,7 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     ));
 
     // Monitor: snapshots until the group is done.
-    let mut mon = Client::open(&url("monitor"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let mut mon = connect(&url("monitor")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let snap = monitor::snapshot(&mut mon, stream, &MonitorOptions::default())
@@ -102,25 +113,13 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     assert_eq!(report.dead_lettered, 1);
 
     // The monitor role cannot write.
-    let mut admin = Client::open(&redis.url()).unwrap().connect().await.unwrap();
+    let mut admin = connect(&redis.url()).await;
     assert_eq!(dead_letter::count(&mut admin, stream).await.unwrap(), 1);
-    let err = Producer::new(mon.clone(), ProducerOptions::default())
-        .publish(stream, Message::json(&1).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
+    refused_publish(mon.clone(), stream).await;
 
     // A missing command permission: the error names the command and the key.
-    let c = Client::open(&url("producer-without-xadd"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let err = Producer::new(c, ProducerOptions::default())
-        .publish(stream, Message::json(&1).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
+    let c = connect(&url("producer-without-xadd")).await;
+    let err = refused_publish(c, stream).await;
     let text = err.to_string();
     assert!(
         text.contains("XADD") && text.contains("aurora:alerts"),
@@ -133,15 +132,7 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     assert!(text.contains("ACL"), "{text}");
 
     // A missing key permission: the same.
-    let c = Client::open(&url("producer-other-keys"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let err = Producer::new(c, ProducerOptions::default())
-        .publish(stream, Message::json(&1).unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Permission, "{err}");
+    let c = connect(&url("producer-other-keys")).await;
+    let err = refused_publish(c, stream).await;
     assert!(err.to_string().contains("aurora:alerts"), "{err}");
 }

@@ -1,15 +1,18 @@
 //! Producer, consumer, groups and the envelope against a real redis-server.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use redis::Value;
 use streambus::{
     group, Client, Connection, Consumer, ConsumerOptions, EntryId, ErrorKind, Message, Producer,
     ProducerOptions, Retention, StartId,
 };
 use streambus_testkit::{unique_prefix, RedisServer, ServerOptions};
+
+use common::pending_count;
 
 /// One server for this test binary; every test uses its own key prefix.
 fn server() -> &'static RedisServer {
@@ -421,16 +424,7 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
     expect.push(more);
     assert_eq!(seen, expect, "own pending first, in order, then new ones");
     assert!(!c.is_recovering());
-    let pending: Value = redis::cmd("XPENDING")
-        .arg(&s)
-        .arg("g")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let Value::Array(parts) = pending else {
-        panic!("{pending:?}")
-    };
-    assert_eq!(parts[0], Value::Int(0));
+    assert_eq!(pending_count(&mut conn, &s, "g").await, 0);
 }
 
 #[tokio::test]

@@ -5,24 +5,18 @@
 //! every wait polls a condition with a deadline; nothing sleeps a fixed time to
 //! wait for something.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use redis::streams::{
-    StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
-};
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply};
 use streambus::monitor::{self, CleanupOptions, MonitorOptions, SkipReason, Status};
 use streambus::scaler::{self, Suggestion};
-use streambus::{Client, Connection, ErrorKind};
+use streambus::{Connection, ErrorKind};
 use streambus_testkit::{unique_prefix, RedisServer};
 
-async fn connect(server: &RedisServer) -> Connection {
-    Client::open(&server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
+use common::{connect, read_as};
 
 /// A stream with `n` entries and a group reading it from the start.
 async fn setup(conn: &mut Connection, label: &str, n: usize) -> (String, String) {
@@ -46,38 +40,6 @@ async fn setup(conn: &mut Connection, label: &str, n: usize) -> (String, String)
         .ignore();
     pipe.query_async::<()>(conn).await.unwrap();
     (stream, group)
-}
-
-/// `XREADGROUP ... COUNT count STREAMS stream from` as `consumer`; the ids read.
-/// `from` is `>` for new entries or `0` to re-read (and so refresh) its own.
-async fn read_as(
-    conn: &mut Connection,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    count: usize,
-    from: &str,
-) -> Vec<String> {
-    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg(from)
-        .query_async(conn)
-        .await
-        .unwrap();
-    reply
-        .map(|r| {
-            r.keys
-                .into_iter()
-                .flat_map(|k| k.ids.into_iter().map(|i| i.id))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Makes `consumer` active now (its idle time drops to ~0) without taking new
@@ -167,7 +129,7 @@ async fn wait_idle(
 #[tokio::test]
 async fn statuses_of_idle_stalled_busy_and_healthy_consumers() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let (s, g) = setup(&mut conn, "status", 20).await;
 
     let idle = read_as(&mut conn, &s, &g, "idle", 1, ">").await;
@@ -255,7 +217,7 @@ async fn statuses_of_idle_stalled_busy_and_healthy_consumers() {
 #[tokio::test]
 async fn snapshot_matches_xinfo_and_says_when_lag_is_unknown() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let (s, g) = setup(&mut conn, "lag", 10).await;
     let read = read_as(&mut conn, &s, &g, "c1", 3, ">").await;
 
@@ -351,7 +313,7 @@ async fn snapshot_matches_xinfo_and_says_when_lag_is_unknown() {
 #[tokio::test]
 async fn snapshot_errors_name_the_missing_thing() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let missing = format!("{}nope", unique_prefix("err"));
     let e = monitor::snapshot(&mut conn, &missing, &MonitorOptions::default())
         .await
@@ -395,7 +357,7 @@ async fn cleanup_scene(
 #[tokio::test]
 async fn cleanup_moves_every_pending_entry_to_the_least_loaded() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     // Entries ~300 ms idle: the reference package (1 s min idle) would drop them.
     let threshold = Duration::from_millis(300);
     let (s, g) = cleanup_scene(&mut conn, "move", threshold).await;
@@ -453,7 +415,7 @@ async fn cleanup_moves_every_pending_entry_to_the_least_loaded() {
 #[tokio::test]
 async fn cleanup_dry_run_changes_nothing() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let threshold = Duration::from_millis(300);
     let (s, g) = cleanup_scene(&mut conn, "dry", threshold).await;
     let pel_before = pel(&mut conn, &s, &g).await;
@@ -496,7 +458,7 @@ async fn cleanup_dry_run_changes_nothing() {
 #[tokio::test]
 async fn cleanup_without_live_consumers_leaves_entries_for_the_reclaim_loop() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let (s, g) = setup(&mut conn, "nolive", 10).await;
     read_as(&mut conn, &s, &g, "D1", 3, ">").await;
     let e = read_as(&mut conn, &s, &g, "D2", 1, ">").await;
@@ -528,7 +490,7 @@ async fn cleanup_without_live_consumers_leaves_entries_for_the_reclaim_loop() {
 #[tokio::test]
 async fn cleanup_leaves_a_consumer_that_comes_back() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let (s, g) = setup(&mut conn, "back", 10).await;
     read_as(&mut conn, &s, &g, "X", 2, ">").await;
     let threshold = Duration::from_millis(30);
@@ -563,9 +525,9 @@ async fn cleanup_leaves_a_consumer_that_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_never_drops_pending_entries_under_concurrent_reads() {
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
-    let mut reader = connect(&server).await;
-    let mut cleaner = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
+    let mut reader = connect(&server.url()).await;
+    let mut cleaner = connect(&server.url()).await;
     let rounds = 200;
     let (s, g) = setup(&mut conn, "race", rounds * 2 + 10).await;
 
@@ -659,7 +621,7 @@ async fn scaler_matches_the_reference_package() {
 
     // The same from a live group: 83 pending over two consumers, 11 undelivered.
     let server = RedisServer::start();
-    let mut conn = connect(&server).await;
+    let mut conn = connect(&server.url()).await;
     let (s, g) = setup(&mut conn, "scale", 94).await;
     read_as(&mut conn, &s, &g, "a", 40, ">").await;
     read_as(&mut conn, &s, &g, "b", 43, ">").await;

@@ -1,13 +1,14 @@
 //! The worker against a real redis-server: delivery, retries, dead letters,
 //! panics, shutdown, reclaim, faults, ordering, idempotency.
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::Value;
 use streambus::{
     dead_letter, Backoff, CancellationToken, Client, Connection, Delivery, Handler, Message,
     Outcome, Producer, ProducerOptions, Worker, WorkerOptions, WorkerReport,
@@ -15,6 +16,8 @@ use streambus::{
 use streambus_testkit::{unique_prefix, Appendfsync, RedisServer, ServerOptions};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use common::{connect, pending_count, read_as};
 
 fn server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
@@ -58,22 +61,6 @@ async fn publish_n(conn: &Connection, stream: &str, n: usize) -> Vec<streambus::
         .unwrap()
 }
 
-async fn pending_count(conn: &mut Connection, stream: &str) -> i64 {
-    let v: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg("g")
-        .query_async(conn)
-        .await
-        .unwrap();
-    match v {
-        Value::Array(parts) => match parts[0] {
-            Value::Int(n) => n,
-            _ => panic!("{parts:?}"),
-        },
-        other => panic!("{other:?}"),
-    }
-}
-
 /// Polls `cond` until it holds or `secs` pass.
 async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
 where
@@ -87,14 +74,10 @@ where
     }
 }
 
-async fn conn(url: &str) -> Connection {
-    Client::open(url).unwrap().connect().await.unwrap()
-}
-
 #[tokio::test]
 async fn handles_and_acknowledges_everything() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}all", unique_prefix("worker"));
     publish_n(&c, &s, 1000).await;
     let seen = Arc::new(AtomicU64::new(0));
@@ -114,13 +97,13 @@ async fn handles_and_acknowledges_everything() {
     let report = task.await.unwrap().unwrap();
     assert_eq!(report.delivered, 1000);
     assert_eq!(report.acked, 1000);
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }
 
 #[tokio::test]
 async fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}poison", unique_prefix("worker"));
     let ids = publish_n(&c, &s, 20).await;
     let poison = ids[7];
@@ -158,7 +141,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
     );
     assert_eq!(ok.load(Ordering::SeqCst), 19);
     assert_eq!(report.dead_lettered, 1);
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
     let letters = dead_letter::list(&mut c, &s, None, 10).await.unwrap();
     let dl = &letters[0];
     assert_eq!(dl.source_id, Some(poison));
@@ -195,7 +178,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
 #[tokio::test]
 async fn undecodable_entries_are_dead_lettered_at_once() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}undecodable", unique_prefix("worker"));
     let _: String = redis::cmd("XADD")
         .arg(&s)
@@ -232,7 +215,7 @@ async fn undecodable_entries_are_dead_lettered_at_once() {
 #[tokio::test]
 async fn a_panicking_handler_does_not_kill_the_worker() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}panic", unique_prefix("worker"));
     let ids = publish_n(&c, &s, 10).await;
     let victim = ids[3];
@@ -255,13 +238,13 @@ async fn a_panicking_handler_does_not_kill_the_worker() {
     let report = task.await.unwrap().unwrap();
     assert_eq!(report.panicked, 1);
     assert_eq!(report.acked, 10);
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}shutdown", unique_prefix("worker"));
     publish_n(&c, &s, 50).await;
     let started = Arc::new(AtomicU64::new(0));
@@ -297,7 +280,11 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
     );
     assert_eq!(report.acked, n);
     assert_eq!(report.unfinished, 0);
-    assert_eq!(pending_count(&mut c, &s).await, 0, "nothing left pending");
+    assert_eq!(
+        pending_count(&mut c, &s, "g").await,
+        0,
+        "nothing left pending"
+    );
     let groups = streambus::group::list_groups(&mut c, &s).await.unwrap();
     assert_eq!(
         groups[0].lag,
@@ -309,25 +296,14 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
 #[tokio::test]
 async fn entries_of_a_dead_consumer_are_reclaimed() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}reclaim", unique_prefix("worker"));
     publish_n(&c, &s, 30).await;
     streambus::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
     // A consumer takes 30 entries and dies.
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("dead")
-        .arg("COUNT")
-        .arg(30)
-        .arg("STREAMS")
-        .arg(&s)
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_as(&mut c, &s, "g", "dead", 30, ">").await;
     let seen = Arc::new(Mutex::new(HashMap::<streambus::EntryId, u32>::new()));
     let s2 = seen.clone();
     let (task, stop) = start(&url, &s, "alive", fast(), move |d: Delivery| {
@@ -345,30 +321,19 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
         seen.lock().unwrap().values().all(|&d| d == 2),
         "second delivery each"
     );
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }
 
 #[tokio::test]
 async fn a_restarted_worker_takes_back_its_own_entries_at_once() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}restart", unique_prefix("worker"));
     publish_n(&c, &s, 5).await;
     streambus::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
-    let _: Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(5)
-        .arg("STREAMS")
-        .arg(&s)
-        .arg(">")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    read_as(&mut c, &s, "g", "w1", 5, ">").await;
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
     // A visibility timeout far beyond the test: only "same name" explains a quick pick-up.
@@ -386,13 +351,13 @@ async fn a_restarted_worker_takes_back_its_own_entries_at_once() {
     .await;
     stop.cancel();
     task.await.unwrap().unwrap();
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }
 
 #[tokio::test]
 async fn a_deleted_group_is_recreated() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}regroup", unique_prefix("worker"));
     publish_n(&c, &s, 3).await;
     let done = Arc::new(AtomicU64::new(0));
@@ -417,7 +382,7 @@ async fn a_deleted_group_is_recreated() {
     stop.cancel();
     let report = task.await.unwrap().unwrap();
     assert!(report.groups_recreated >= 1);
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }
 
 #[tokio::test]
@@ -428,7 +393,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
         ..Default::default()
     });
     let url = redis.url();
-    let c = conn(&url).await;
+    let c = connect(&url).await;
     let s = "outage";
     publish_n(&c, s, 200).await;
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
@@ -451,7 +416,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     redis.restart();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     publish_n(&c, s, 100).await;
     eventually(30, "all 300 handled", || async {
         seen.lock().unwrap().len() == 300
@@ -459,7 +424,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
     .await;
     eventually(10, "nothing pending", || {
         let mut c = c.clone();
-        async move { pending_count(&mut c, s).await == 0 }
+        async move { pending_count(&mut c, s, "g").await == 0 }
     })
     .await;
     stop.cancel();
@@ -470,7 +435,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
 #[tokio::test]
 async fn entries_with_the_same_key_are_handled_in_order() {
     let url = server().url();
-    let c = conn(&url).await;
+    let c = connect(&url).await;
     let s = format!("{}ordered", unique_prefix("worker"));
     let producer = Producer::new(c.clone(), ProducerOptions::default());
     let msgs = (0..200).map(|i| {
@@ -521,7 +486,7 @@ async fn entries_with_the_same_key_are_handled_in_order() {
 #[tokio::test]
 async fn the_idempotency_guard_skips_duplicates() {
     let url = server().url();
-    let mut c = conn(&url).await;
+    let mut c = connect(&url).await;
     let s = format!("{}idem", unique_prefix("worker"));
     let p = Producer::new(c.clone(), ProducerOptions::default());
     let m = Message::json(&"once").unwrap();
@@ -559,5 +524,5 @@ async fn the_idempotency_guard_skips_duplicates() {
     let report = task.await.unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(report.duplicates_skipped, 1);
-    assert_eq!(pending_count(&mut c, &s).await, 0);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0);
 }

@@ -1,5 +1,6 @@
-//! Shared by the tests of `serve`, `topology` and `demo`: run the binary with
-//! a clean environment and a deadline, and a tiny HTTP/1.1 GET.
+//! Shared by the tests of the `streambus` binary: run it with a clean
+//! environment and a deadline, read what it printed, poll a condition, ask
+//! Redis about a group, and a tiny HTTP/1.1 GET.
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
@@ -9,12 +10,13 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `streambus ARGS...` run in `dir` (so that no ./streambus.toml is picked
-/// up), with no Redis, topology, token or log settings inherited.
-pub fn sb(dir: &Path, args: &[&str]) -> Command {
+use streambus_testkit::RedisServer;
+
+/// `streambus ARGS...` with no Redis, topology, token or log settings
+/// inherited; stdin empty, stdout and stderr piped.
+pub fn streambus(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streambus"));
-    cmd.current_dir(dir)
-        .env_remove("REDIS_URL")
+    cmd.env_remove("REDIS_URL")
         .env_remove("RUST_LOG")
         .env_remove("STREAMBUS_CONFIG")
         .env_remove("STREAMBUS_TOKEN")
@@ -26,12 +28,50 @@ pub fn sb(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `streambus ARGS...` run in `dir` (so that no ./streambus.toml is picked
+/// up), with no Redis, topology, token or log settings inherited.
+pub fn sb(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = streambus(args);
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// `streambus --redis URL ARGS...`, with no settings inherited.
+pub fn sb_url(url: &str, args: &[&str]) -> Command {
+    let mut cmd = streambus(&["--redis", url]);
+    cmd.args(args);
+    cmd
+}
+
+/// `streambus --redis URL ARGS...` against `server`.
+pub fn sb_redis(server: &RedisServer, args: &[&str]) -> Command {
+    sb_url(&server.url(), args)
+}
+
 /// Runs to completion within `deadline` (killed and failed after it).
 pub fn run(mut cmd: Command, deadline: Duration) -> Output {
     let child = cmd.spawn().expect("spawn streambus");
     wait(child, deadline)
 }
 
+/// Runs to completion within `deadline`, with `stdin` as input.
+pub fn run_with(mut cmd: Command, stdin: &[u8], deadline: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn streambus");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // Written from a thread: the child may fill its stdout pipe before it has
+    // read all of its input.
+    let writer = std::thread::spawn(move || {
+        // The child may stop reading early (a bad line): a broken pipe is fine.
+        let _ = input.write_all(&data);
+    });
+    let out = wait(child, deadline);
+    writer.join().unwrap();
+    out
+}
+
+/// Waits for `child` to exit within `deadline` (killed and failed after it),
+/// reading what is left of its stdout and stderr.
 pub fn wait(mut child: Child, deadline: Duration) -> Output {
     let start = Instant::now();
     // Either may have been taken by the caller already.
@@ -70,8 +110,32 @@ pub fn wait(mut child: Child, deadline: Duration) -> Output {
     }
 }
 
+/// Output as text; streambus writes UTF-8.
 pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    String::from_utf8(b.to_vec()).expect("streambus output is UTF-8")
+}
+
+/// Stdout of a successful run.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}, stderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// The length of stream `key`.
+pub fn xlen(server: &RedisServer, key: &str) -> u64 {
+    server.cli(&["XLEN", key]).parse().unwrap()
+}
+
+/// The number of pending entries of a group (first line of XPENDING's summary).
+pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
+    let out = server.cli(&["XPENDING", stream, group]);
+    out.lines().next().unwrap().trim().parse().unwrap()
 }
 
 /// `GET path` over HTTP/1.1: the status code and the body.
@@ -117,6 +181,12 @@ pub fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     cond()
+}
+
+/// Polls `cond` until it holds, failing after `deadline`.
+#[track_caller]
+pub fn wait_until(deadline: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(eventually(deadline, cond), "timed out waiting for {what}");
 }
 
 /// The text after `prefix` up to the next `delim`, in the first line that has it.

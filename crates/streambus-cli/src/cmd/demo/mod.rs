@@ -164,6 +164,18 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         victim_stop.clone(),
     ));
     let mut reports = Vec::new();
+    // The killed worker comes back under its own name, with the others' options
+    // (and grace), to take its pending alerts back.
+    let restart_victim = || {
+        spawn_worker(
+            client,
+            STAGES[0],
+            KILLED,
+            options[0].clone(),
+            &ctx,
+            stop_workers.clone(),
+        )
+    };
 
     // Producers.
     let stop_producers = CancellationToken::new();
@@ -210,14 +222,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
                 }
             }
             Victim::Down { restart_at } if now >= restart_at => {
-                workers.push(spawn_worker(
-                    client,
-                    STAGES[0],
-                    KILLED,
-                    options[0].clone(),
-                    &ctx,
-                    stop_workers.clone(),
-                ));
+                workers.push(restart_victim());
                 out.say(format!(
                     "restarted worker {}-{} under the same name: it takes its pending alerts back",
                     STAGES[0].group,
@@ -237,14 +242,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         p.await.context("a producer")?;
     }
     if let Victim::Down { .. } = victim {
-        workers.push(spawn_worker(
-            client,
-            STAGES[0],
-            KILLED,
-            options[0].clone(),
-            &ctx,
-            stop_workers.clone(),
-        ));
+        workers.push(restart_victim());
     }
     let published = ctx.stats.published();
     out.say(format!(

@@ -1,0 +1,62 @@
+//! Shared by the library's integration tests: connect, read through a group
+//! as a given consumer, and count what a group has pending.
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
+use redis::streams::StreamReadReply;
+use redis::Value;
+use streambus::{Client, Connection};
+
+/// A multiplexed connection to `url`.
+pub async fn connect(url: &str) -> Connection {
+    Client::open(url).unwrap().connect().await.unwrap()
+}
+
+/// `XREADGROUP ... COUNT count STREAMS stream from` as `consumer`; the ids read.
+/// `from` is `>` for new entries or `0` to re-read (and so refresh) its own.
+pub async fn read_as(
+    conn: &mut Connection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    from: &str,
+) -> Vec<String> {
+    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(from)
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply
+        .map(|r| {
+            r.keys
+                .into_iter()
+                .flat_map(|k| k.ids.into_iter().map(|i| i.id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The number of pending entries of `group` (first field of XPENDING's summary).
+pub async fn pending_count(conn: &mut Connection, stream: &str, group: &str) -> i64 {
+    let v: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap();
+    match v {
+        Value::Array(parts) => match parts[0] {
+            Value::Int(n) => n,
+            _ => panic!("{parts:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
