@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p streambus-bench --example bench -- [--json] [--redis URL] [--quick]
+//!     [--worker-only] [--cluster | --cluster-only] [--cluster-messages N]
 //! ```
 //!
 //! It uses `target/release/streambus` for the stdin phase when it exists, and
@@ -52,6 +53,25 @@ fn main() -> ExitCode {
                 opts.publish_messages = 1000;
                 opts.cli_messages = 1000;
                 opts.consume_messages_single = 100;
+            }
+            "--worker-only" => {
+                // The reference and the worker phases (publish phases kept short).
+                opts.latency_rates.clear();
+                opts.saturation = false;
+                opts.publish_messages = 200_000;
+                opts.cli_messages = 1000;
+            }
+            "--cluster" => opts.cluster_compare = true,
+            "--cluster-only" => {
+                // Only the comparison 1 node / private 3-master Redis Cluster.
+                opts.cluster_compare = true;
+                opts.cluster_only = true;
+            }
+            "--cluster-messages" => {
+                opts.cluster_messages = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(opts.cluster_messages)
             }
             "--only-cli" => {
                 opts.latency_rates.clear();

@@ -96,6 +96,22 @@ pub struct BenchOptions {
     pub latency_warmup: Duration,
     /// Also measure latency at saturation (publishers as fast as they can).
     pub saturation: bool,
+    /// Also measure publish and consume throughput on one node against a private
+    /// Redis Cluster of [`BenchOptions::cluster_masters`] masters that the bench
+    /// starts itself (`redis-server --cluster-enabled yes` and `redis-cli
+    /// --cluster create`), with a stream of [`BenchOptions::cluster_partitions`]
+    /// partitions ([`streambus::partition`]).
+    pub cluster_compare: bool,
+    /// Run only the cluster comparison (no reference, no other phase).
+    pub cluster_only: bool,
+    /// Masters of the private cluster (at least 3).
+    pub cluster_masters: usize,
+    /// Partitions of the stream in the cluster comparison.
+    pub cluster_partitions: u32,
+    /// Messages published in each publish run of the cluster comparison.
+    pub cluster_messages: u64,
+    /// The `redis-cli` binary (`--cluster create`, `CLUSTER INFO`).
+    pub redis_cli_bin: String,
 }
 
 impl Default for BenchOptions {
@@ -124,6 +140,12 @@ impl Default for BenchOptions {
             latency_duration: Duration::from_secs(3),
             latency_warmup: Duration::from_millis(300),
             saturation: true,
+            cluster_compare: false,
+            cluster_only: false,
+            cluster_masters: 3,
+            cluster_partitions: 6,
+            cluster_messages: 300_000,
+            redis_cli_bin: "redis-cli".to_owned(),
         }
     }
 }
@@ -206,6 +228,11 @@ pub struct BenchReport {
     pub latency: Vec<Latency>,
     /// The targets, checked.
     pub targets: Vec<Target>,
+    /// The cluster comparison (empty unless asked for): publish and consume on
+    /// one node and on the cluster; `ratio` is to the one-node plain-stream row
+    /// of the same kind.
+    #[serde(default)]
+    pub scaling: Vec<Throughput>,
     /// Phases skipped and why, and other remarks.
     pub notes: Vec<String>,
 }

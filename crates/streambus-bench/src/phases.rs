@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use streambus::partition::{PartitionedProducer, PartitionedWorker, Partitions};
 use streambus::{
     CancellationToken, Client, Connection, Delivery, Message, Outcome, Producer, Worker,
-    WorkerOptions,
+    WorkerOptions, WorkerReport,
 };
 use tokio::task::JoinSet;
 
 use crate::child::{self, ChildResult, ChildSpec};
 use crate::payload::{self, now_ns};
-use crate::server::EmbeddedServer;
+use crate::server::{EmbeddedCluster, EmbeddedServer};
 use crate::sys::{self, secs};
 use crate::{BenchOptions, BenchReport, Error, Latency, Result, Throughput};
 
@@ -78,6 +79,10 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
         progress,
     };
     let measured = measure(&mut ctx).await;
+    let scaling = match &measured {
+        Ok(_) if ctx.opts.cluster_compare || ctx.opts.cluster_only => scaling(&mut ctx).await,
+        _ => Ok(Vec::new()),
+    };
     // Leave nothing behind on a Redis that is not ours (on the private one too,
     // though it goes away anyway).
     if !ctx.keys.is_empty() {
@@ -88,6 +93,7 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
     }
     drop(server);
     let (reference, throughput, latency) = measured?;
+    let scaling = scaling?;
     let mut report = BenchReport {
         date,
         machine,
@@ -98,6 +104,7 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
         latency,
         targets: Vec::new(),
         notes: ctx.notes,
+        scaling,
     };
     report.targets = crate::render::targets(&report);
     Ok(report)
@@ -106,6 +113,9 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
 type Measured = (Option<Throughput>, Vec<Throughput>, Vec<Latency>);
 
 async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
+    if ctx.opts.cluster_only {
+        return Ok((None, Vec::new(), Vec::new()));
+    }
     let reference = reference(ctx).await;
     let base = reference.as_ref().map(|r| r.rate);
     let ratio = |t: &mut Throughput| t.ratio = base.map(|b| t.rate / b);
@@ -765,4 +775,215 @@ pub(crate) fn fmt_rate(r: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Where the cluster comparison publishes and consumes.
+enum Dest {
+    /// One stream key.
+    Plain(String),
+    /// A partitioned stream ([`streambus::partition`]).
+    Parts(Partitions),
+}
+
+impl Dest {
+    fn keys(&self) -> Vec<String> {
+        match self {
+            Dest::Plain(k) => vec![k.clone()],
+            Dest::Parts(p) => p.keys().to_vec(),
+        }
+    }
+}
+
+/// Publish and consume throughput on one node (plain stream, then the same
+/// partitioned stream as on the cluster) and on a private Redis Cluster of
+/// `cluster_masters` masters. Each row's ratio is to the one-node plain row of
+/// its kind.
+async fn scaling(ctx: &mut Ctx<'_>) -> Result<Vec<Throughput>> {
+    let n = ctx.opts.cluster_partitions.max(1);
+    let masters = ctx.opts.cluster_masters.max(3);
+    let single = ctx.client.clone();
+    let mut rows = Vec::new();
+
+    ctx.say("cluster comparison: 1 node, plain stream");
+    let plain = Dest::Plain(ctx.key("scale-plain"));
+    let (mut pub_1, mut con_1) =
+        scale_run(ctx, &single, &plain, "1 node, 1 stream", "node").await?;
+    let (base_pub, base_con) = (pub_1.rate, con_1.rate);
+    pub_1.ratio = Some(1.0);
+    con_1.ratio = Some(1.0);
+
+    ctx.say(&format!("cluster comparison: 1 node, {n} partitions"));
+    let parts = Partitions::new(&format!("{}scale-1node", ctx.prefix), n)?;
+    for k in parts.keys() {
+        ctx.keys.push(k.clone());
+    }
+    let (mut pub_p, mut con_p) = scale_run(
+        ctx,
+        &single,
+        &Dest::Parts(parts),
+        &format!("1 node, {n} partitions"),
+        "node_partitions",
+    )
+    .await?;
+    pub_p.ratio = Some(pub_p.rate / base_pub);
+    con_p.ratio = Some(con_p.rate / base_con);
+
+    ctx.say(&format!(
+        "starting a private Redis Cluster of {masters} masters (no replicas)"
+    ));
+    let (server_bin, cli_bin) = (
+        ctx.opts.redis_server_bin.clone(),
+        ctx.opts.redis_cli_bin.clone(),
+    );
+    let cluster =
+        tokio::task::spawn_blocking(move || EmbeddedCluster::start(&server_bin, &cli_bin, masters))
+            .await
+            .map_err(|e| Error::new(format!("cluster start: {e}")))??;
+    let cluster_client = Client::open(&cluster.url())?;
+    ctx.say(&format!(
+        "cluster comparison: {masters} masters, {n} partitions"
+    ));
+    // A throw-away cluster: its keys go with it.
+    let parts = Partitions::new("streambus-bench:scale-cluster", n)?;
+    let (mut pub_c, mut con_c) = scale_run(
+        ctx,
+        &cluster_client,
+        &Dest::Parts(parts),
+        &format!("cluster of {masters} masters, {n} partitions"),
+        "cluster",
+    )
+    .await?;
+    pub_c.ratio = Some(pub_c.rate / base_pub);
+    con_c.ratio = Some(con_c.rate / base_con);
+    drop(cluster);
+
+    rows.extend([pub_1, pub_p, pub_c, con_1, con_p, con_c]);
+    Ok(rows)
+}
+
+/// One publish run (`cluster_messages`, 1000 per `publish_batch` call) and one
+/// consume run (a worker per key, no-op handler, until every entry that
+/// `MAXLEN ~` left is handled and acknowledged).
+async fn scale_run(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    dest: &Dest,
+    label: &str,
+    tag: &str,
+) -> Result<(Throughput, Throughput)> {
+    let total = ctx.opts.cluster_messages;
+    let batch = ctx.opts.batch_size.max(1) as u64;
+    let keys = dest.keys();
+    let producer = Producer::new(client.connect().await?, ctx.opts.producer.clone());
+    let partitioned = match dest {
+        Dest::Parts(p) => Some(PartitionedProducer::new(producer.clone(), p.clone())),
+        Dest::Plain(_) => None,
+    };
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < total {
+        let end = (seq + batch).min(total);
+        let messages = (seq..end).map(message).collect::<Result<Vec<_>>>()?;
+        match (&partitioned, dest) {
+            (Some(p), _) => {
+                p.publish_batch(messages).await?;
+            }
+            (None, Dest::Plain(k)) => {
+                producer.publish_batch(k, messages).await?;
+            }
+            (None, Dest::Parts(_)) => unreachable!("partitioned producer made above"),
+        }
+        seq = end;
+    }
+    let publish = throughput_row(
+        ctx,
+        &format!("scale_publish_{tag}"),
+        format!("publish_batch, {batch} per call: {label}"),
+        total,
+        started.elapsed(),
+        None,
+        "",
+    );
+
+    // What MAXLEN ~ left (all of it on partitions of fewer than maxlen each).
+    let mut conn = client.connect().await?;
+    let mut present = 0u64;
+    for k in &keys {
+        let len: u64 = redis::cmd("XLEN").arg(k).query_async(&mut conn).await?;
+        present += len;
+    }
+    let handled = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let handler = {
+        let (handled, done) = (handled.clone(), done.clone());
+        move |_d: Delivery| {
+            if handled.fetch_add(1, Ordering::Relaxed) + 1 == present {
+                done.notify_one();
+            }
+            std::future::ready(Outcome::Ack)
+        }
+    };
+    let options = WorkerOptions {
+        concurrency: ctx.opts.worker_concurrency.max(1),
+        ..ctx.opts.worker.clone()
+    };
+    let stop = CancellationToken::new();
+    let _stop_on_exit = stop.clone().drop_guard();
+    let started = Instant::now();
+    let task: tokio::task::JoinHandle<streambus::Result<WorkerReport>> = match dest {
+        Dest::Plain(k) => tokio::spawn(
+            Worker::new(client.clone(), k, "bench", options)
+                .consumer_name("bench")
+                .run(handler, stop.clone()),
+        ),
+        Dest::Parts(p) => tokio::spawn(
+            PartitionedWorker::new(client.clone(), p.clone(), "bench", options)
+                .consumer_name("bench")
+                .run(handler, stop.clone()),
+        ),
+    };
+    if tokio::time::timeout(Duration::from_secs(600), done.notified())
+        .await
+        .is_err()
+    {
+        return Err(Error::new("the worker did not finish within 10 minutes"));
+    }
+    // Handled is not done: wait until nothing is pending on any key.
+    loop {
+        let mut pending = 0;
+        for k in &keys {
+            let (n, _, _, _): (u64, redis::Value, redis::Value, redis::Value) =
+                redis::cmd("XPENDING")
+                    .arg(k)
+                    .arg("bench")
+                    .query_async(&mut conn)
+                    .await?;
+            pending += n;
+        }
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    let report = task
+        .await
+        .map_err(|e| Error::new(format!("worker task: {e}")))??;
+    if report.acked < present {
+        return Err(Error::new(format!(
+            "{label}: the worker acknowledged {} of {present} entries",
+            report.acked
+        )));
+    }
+    let consume = throughput_row(
+        ctx,
+        &format!("scale_consume_{tag}"),
+        format!("worker read+ack, no-op handler: {label}"),
+        present,
+        elapsed,
+        None,
+        "",
+    );
+    Ok((publish, consume))
 }

@@ -88,46 +88,73 @@ pub(crate) fn table(r: &BenchReport) -> String {
         r.redis
     );
     s.push('\n');
-    let mut rows: Vec<[String; 5]> = vec![[
-        "throughput".into(),
-        "messages".into(),
-        "msg/s".into(),
-        "ratio".into(),
-        "peak RSS".into(),
-    ]];
-    for t in r.reference.iter().chain(&r.throughput) {
-        rows.push([
-            t.name.clone(),
-            t.messages.to_string(),
-            fmt_rate(t.rate),
-            t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
-            t.peak_rss_bytes.map_or("-".into(), mib),
-        ]);
+    let standard = r.reference.is_some() || !r.throughput.is_empty() || !r.latency.is_empty();
+    if standard {
+        let mut rows: Vec<[String; 5]> = vec![[
+            "throughput".into(),
+            "messages".into(),
+            "msg/s".into(),
+            "ratio".into(),
+            "peak RSS".into(),
+        ]];
+        for t in r.reference.iter().chain(&r.throughput) {
+            rows.push([
+                t.name.clone(),
+                t.messages.to_string(),
+                fmt_rate(t.rate),
+                t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                t.peak_rss_bytes.map_or("-".into(), mib),
+            ]);
+        }
+        grid(&mut s, &rows, &[false, true, true, true, true]);
+        s.push('\n');
+        let mut rows: Vec<[String; 7]> = vec![[
+            "latency publish → handler".into(),
+            "handled/s".into(),
+            "count".into(),
+            "p50 ms".into(),
+            "p99 ms".into(),
+            "p99.9 ms".into(),
+            "max ms".into(),
+        ]];
+        for l in &r.latency {
+            rows.push([
+                l.name.clone(),
+                fmt_rate(l.achieved_rate),
+                l.count.to_string(),
+                format!("{:.3}", l.p50_ms),
+                format!("{:.3}", l.p99_ms),
+                format!("{:.3}", l.p999_ms),
+                format!("{:.3}", l.max_ms),
+            ]);
+        }
+        grid(&mut s, &rows, &[false, true, true, true, true, true, true]);
+        s.push('\n');
     }
-    grid(&mut s, &rows, &[false, true, true, true, true]);
-    s.push('\n');
-    let mut rows: Vec<[String; 7]> = vec![[
-        "latency publish → handler".into(),
-        "handled/s".into(),
-        "count".into(),
-        "p50 ms".into(),
-        "p99 ms".into(),
-        "p99.9 ms".into(),
-        "max ms".into(),
-    ]];
-    for l in &r.latency {
-        rows.push([
-            l.name.clone(),
-            fmt_rate(l.achieved_rate),
-            l.count.to_string(),
-            format!("{:.3}", l.p50_ms),
-            format!("{:.3}", l.p99_ms),
-            format!("{:.3}", l.p999_ms),
-            format!("{:.3}", l.max_ms),
-        ]);
+    if !r.scaling.is_empty() {
+        let mut rows: Vec<[String; 4]> = vec![[
+            "Redis Cluster scaling".into(),
+            "messages".into(),
+            "msg/s".into(),
+            "× 1 node".into(),
+        ]];
+        for t in &r.scaling {
+            rows.push([
+                t.name.clone(),
+                t.messages.to_string(),
+                fmt_rate(t.rate),
+                t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            ]);
+        }
+        grid(&mut s, &rows, &[false, true, true, true]);
+        s.push('\n');
     }
-    grid(&mut s, &rows, &[false, true, true, true, true, true, true]);
-    s.push('\n');
+    if !standard {
+        for n in &r.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        return s;
+    }
     let mut rows: Vec<[String; 4]> =
         vec![["target".into(), "goal".into(), "this run".into(), "".into()]];
     for t in &r.targets {

@@ -24,6 +24,11 @@ pub(crate) struct EmbeddedServer {
 
 impl EmbeddedServer {
     pub(crate) fn start(binary: &str) -> Result<EmbeddedServer> {
+        Self::start_with(binary, &[])
+    }
+
+    /// Like [`EmbeddedServer::start`], with more `redis-server` arguments.
+    pub(crate) fn start_with(binary: &str, extra: &[&str]) -> Result<EmbeddedServer> {
         let dir = tempfile::Builder::new()
             .prefix("streambus-bench-")
             .tempdir()
@@ -43,6 +48,7 @@ impl EmbeddedServer {
             .arg(dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -88,6 +94,86 @@ impl EmbeddedServer {
     pub(crate) fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// A private Redis Cluster of `masters` masters and no replicas, each a
+/// [`EmbeddedServer`] with `--cluster-enabled yes`, joined with
+/// `redis-cli --cluster create`. Every node is killed on drop.
+pub(crate) struct EmbeddedCluster {
+    nodes: Vec<EmbeddedServer>,
+}
+
+impl EmbeddedCluster {
+    pub(crate) fn start(
+        server_bin: &str,
+        cli_bin: &str,
+        masters: usize,
+    ) -> Result<EmbeddedCluster> {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            // `nodes.conf` is relative to the node's own `--dir`.
+            nodes.push(EmbeddedServer::start_with(
+                server_bin,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ],
+            )?);
+        }
+        let cluster = EmbeddedCluster { nodes };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(cli_bin)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::new(format!("cannot run {cli_bin:?}: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::new(format!(
+                "redis-cli --cluster create failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            )));
+        }
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        while !cluster.nodes.iter().all(|n| cluster_ok(cli_bin, n.port)) {
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    "the cluster did not reach cluster_state:ok within 10 s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`
+    pub(crate) fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+fn cluster_ok(cli_bin: &str, port: u16) -> bool {
+    Command::new(cli_bin)
+        .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
 }
 
 fn ping(port: u16) -> bool {

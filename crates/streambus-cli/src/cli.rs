@@ -173,6 +173,15 @@ pub struct BenchArgs {
     /// Skip the redis-benchmark reference (then no ratios).
     #[arg(long)]
     pub no_redis_benchmark: bool,
+
+    /// Also compare publish and consume on one node with a private 3-master
+    /// Redis Cluster (6 partitions) it starts itself.
+    #[arg(long)]
+    pub cluster: bool,
+
+    /// Only the Redis Cluster comparison.
+    #[arg(long, conflicts_with = "cluster")]
+    pub cluster_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -251,6 +251,41 @@ impl Consumer {
         reply::read_one(&self.stream, v)
     }
 
+    /// `XACK <ack ids>` and a non-blocking `XREADGROUP COUNT <count> ... >` in one
+    /// pipeline: one round trip for the acknowledgements of the last batch and the
+    /// next batch (what the plain read-ack loop of the engineering notes does).
+    /// Returns how many ids were pending, and the new entries. On an error the
+    /// acknowledgements may or may not have been applied (XACK is idempotent:
+    /// the caller sends them again).
+    pub(crate) async fn ack_then_read(
+        &mut self,
+        ack_ids: &[EntryId],
+        count: usize,
+    ) -> Result<(u64, Vec<Entry>)> {
+        if ack_ids.is_empty() {
+            return Ok((0, self.read_new(count, None).await?));
+        }
+        let mut pipe = redis::Pipeline::with_capacity(2);
+        pipe.cmd("XACK")
+            .arg(&*self.stream)
+            .arg(&self.group)
+            .arg(ack_ids);
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(">");
+        let (acked, v): (u64, Value) = pipe
+            .query_async(&mut self.blocking)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok((acked, reply::read_one(&self.stream, v)?))
+    }
+
     fn read_error(&self, e: redis::RedisError) -> Error {
         Error::redis(
             format!(
