@@ -371,7 +371,7 @@ async fn dashboard_shows_live_events_as_text_in_chromium() {
             std::time::Instant::now() < deadline,
             "dashboard did not show everything; feed: {feed:.300}, consumers: {consumers}, groups: {scale}, dlq: {dlq}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Shown as text, ran nothing.
     assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 0);

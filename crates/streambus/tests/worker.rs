@@ -258,7 +258,8 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
         let (st, fi) = (st.clone(), fi.clone());
         async move {
             st.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The work itself, long enough to be in flight when shutdown comes.
+            tokio::time::sleep(Duration::from_millis(80)).await;
             fi.fetch_add(1, Ordering::SeqCst);
         }
     });
