@@ -1,6 +1,10 @@
 //! TLS servers and Redis Clusters, against real `redis-server`s (never the
 //! shared one on 6379).
 
+mod common;
+
+use common::{process_exists, text, wait_until};
+
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,35 +14,6 @@ use std::time::{Duration, Instant};
 use streambus_testkit::{
     redis_cli_bin, slot_for_key, NodeRole, RedisCluster, RedisServer, ServerOptions, TlsOptions,
 };
-
-/// Poll `cond` every 10 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether a process with this pid exists (zombies included).
-fn process_exists(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence/permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `redis-cli --tls --cacert CA [--cert C --key K] -p PORT PING`, built by
 /// hand (not `cli_command`) to control exactly what the client presents.

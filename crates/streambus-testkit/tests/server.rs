@@ -1,46 +1,19 @@
 //! Tests against a real `redis-server` (never the shared one on 6379).
 
+mod common;
+
+use common::{process_exists, text, wait_until};
+
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use streambus_testkit::{
     free_port, unique_prefix, AclUser, Appendfsync, RedisServer, ServerOptions, TestkitError,
 };
 
-/// Poll `cond` every 10 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether a process with this pid exists (zombies included).
-fn process_exists(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence/permission.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn tcp_connects(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
