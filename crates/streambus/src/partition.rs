@@ -275,6 +275,11 @@ impl PartitionedWorker {
                 ));
             }
         }
+        // One check of the server's settings for all partitions' workers, not
+        // one (and the same warnings) per partition.
+        if let Ok(mut conn) = self.client.connect().await {
+            crate::preflight::warn_about(&mut conn).await;
+        }
         let handler = Arc::new(handler);
         let mut runs = Vec::with_capacity(self.partitions.len());
         for key in self.assigned() {
@@ -283,7 +288,8 @@ impl PartitionedWorker {
                 key,
                 self.group.as_str(),
                 self.options.clone(),
-            );
+            )
+            .without_preflight();
             if let Some(name) = &self.consumer {
                 worker = worker.consumer_name(name.as_str());
             }

@@ -184,6 +184,9 @@ pub struct Worker {
     group: String,
     consumer: String,
     options: WorkerOptions,
+    /// Whether `run` checks the server's settings first; off for the workers of a
+    /// partitioned stream, whose owner checks once for all of them.
+    preflight: bool,
 }
 
 impl Worker {
@@ -200,6 +203,7 @@ impl Worker {
             group: group.into(),
             consumer: consumer::default_consumer_name(),
             options,
+            preflight: true,
         }
     }
 
@@ -207,6 +211,13 @@ impl Worker {
     /// own pending entries back at once, instead of after the visibility timeout.
     pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
         self.consumer = name.into();
+        self
+    }
+
+    /// Skips the check of the server's settings at start (done once by the
+    /// owner of several workers).
+    pub(crate) fn without_preflight(mut self) -> Self {
+        self.preflight = false;
         self
     }
 
@@ -235,7 +246,9 @@ impl Worker {
             ));
         }
         let conn = self.client.connect().await?;
-        crate::preflight::warn_about(&mut conn.clone()).await;
+        if self.preflight {
+            crate::preflight::warn_about(&mut conn.clone()).await;
+        }
         let mut consumer = Consumer::with_shared(
             &self.client,
             conn.clone(),
