@@ -440,6 +440,7 @@ async fn consume(ctx: &mut Ctx<'_>) -> Result<Vec<Throughput>> {
         many = ctx.opts.maxlen;
     }
     let single = ctx.opts.consume_messages_single.min(many);
+    rows.push(plain_read_ack(ctx, many).await?);
     for (concurrency, n) in [(1, single), (n_conc, many)] {
         ctx.say(&format!(
             "worker, no-op handler, concurrency {concurrency}: {n} entries"
@@ -479,6 +480,72 @@ async fn consume(ctx: &mut Ctx<'_>) -> Result<Vec<Throughput>> {
         }
     }
     Ok(rows)
+}
+
+/// The plain loop of the engineering notes, without the library: one task,
+/// `XREADGROUP COUNT 100` and the XACK of the previous batch in one pipeline.
+/// No handler, no concurrency, no reclaim, no metrics: what the worker is
+/// compared with (the "plain redis-rs read+ack" line), in the same run.
+async fn plain_read_ack(ctx: &mut Ctx<'_>, n: u64) -> Result<Throughput> {
+    const COUNT: usize = 100;
+    ctx.say(&format!(
+        "plain redis-rs read+ack loop, COUNT {COUNT}: {n} entries"
+    ));
+    let stream = fill(ctx, "consume-plain", n).await?;
+    let mut conn = ctx.client.connect().await?;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("plain")
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut acks: Vec<Vec<u8>> = Vec::new();
+    let mut done = 0u64;
+    loop {
+        let mut pipe = redis::pipe();
+        if !acks.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&stream)
+                .arg("plain")
+                .arg(&acks)
+                .ignore();
+        }
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("plain")
+            .arg("c")
+            .arg("COUNT")
+            .arg(COUNT)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">");
+        let (reply,): (redis::streams::StreamReadReply,) = pipe.query_async(&mut conn).await?;
+        done += acks.len() as u64;
+        acks.clear();
+        for key in reply.keys {
+            acks.extend(key.ids.into_iter().map(|e| e.id.into_bytes()));
+        }
+        if acks.is_empty() {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    if done < n {
+        return Err(Error::new(format!(
+            "the plain loop acknowledged {done} of {n} entries"
+        )));
+    }
+    Ok(throughput_row(
+        ctx,
+        "plain_read_ack",
+        format!("plain redis-rs XREADGROUP COUNT {COUNT} + XACK (no library)"),
+        n,
+        elapsed,
+        None,
+        "",
+    ))
 }
 
 /// The same worker run in a process of its own, for its memory alone.

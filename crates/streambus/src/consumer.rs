@@ -60,8 +60,8 @@ pub struct Consumer {
     /// For blocking reads only (see the module docs).
     blocking: Connection,
     stream: Arc<str>,
-    group: String,
-    name: String,
+    group: Arc<str>,
+    name: Arc<str>,
     options: ConsumerOptions,
     /// While `Some`, the consumer is still re-reading its own pending entries,
     /// from after this id.
@@ -118,8 +118,8 @@ impl Consumer {
             shared,
             blocking,
             stream: stream.into(),
-            group: group.to_owned(),
-            name: name.to_owned(),
+            group: group.into(),
+            name: name.into(),
             options,
             pending_cursor: Some(EntryId::ZERO),
         })
@@ -208,8 +208,8 @@ impl Consumer {
         };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.name)
+            .arg(&*self.group)
+            .arg(&*self.name)
             .arg("COUNT")
             .arg(count.max(1))
             .arg("STREAMS")
@@ -230,8 +230,8 @@ impl Consumer {
     async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<Entry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.name)
+            .arg(&*self.group)
+            .arg(&*self.name)
             .arg("COUNT")
             .arg(count.max(1));
         if let Some(block) = block {
@@ -254,46 +254,38 @@ impl Consumer {
     /// `XACK <ack ids>` and a non-blocking `XREADGROUP COUNT <count> ... >` in one
     /// pipeline: one round trip for the acknowledgements of the last batch and the
     /// next batch (what the plain read-ack loop of the engineering notes does).
-    /// Returns how many ids were pending, and the new entries. On an error the
-    /// acknowledgements may or may not have been applied (XACK is idempotent:
-    /// the caller sends them again).
+    /// Returns the new entries. On an error the acknowledgements may or may not
+    /// have been applied (XACK is idempotent: the caller sends them again).
     pub(crate) async fn ack_then_read(
         &mut self,
         ack_ids: &[EntryId],
         count: usize,
-    ) -> Result<(u64, Vec<Entry>)> {
+    ) -> Result<Vec<Entry>> {
         if ack_ids.is_empty() {
-            return Ok((0, self.read_new(count, None).await?));
+            return self.read_new(count, None).await;
         }
-        let mut pipe = redis::Pipeline::with_capacity(2);
-        pipe.cmd("XACK")
-            .arg(&*self.stream)
-            .arg(&self.group)
-            .arg(ack_ids);
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.name)
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("STREAMS")
-            .arg(&*self.stream)
-            .arg(">");
-        let (acked, v): (u64, Value) = pipe
-            .query_async(&mut self.blocking)
-            .await
-            .map_err(|e| self.read_error(e))?;
-        Ok((acked, reply::read_one(&self.stream, v)?))
+        self.reader(false).ack_then_read(ack_ids, count).await
+    }
+
+    /// A handle that sends non-blocking reads of new entries (with
+    /// acknowledgements) on this consumer's read connection without borrowing
+    /// the consumer, so that a worker can have a second read under way while it
+    /// takes the reply of the first.
+    pub(crate) fn reader(&self, shared: bool) -> Reader {
+        Reader {
+            conn: if shared {
+                self.shared.clone()
+            } else {
+                self.blocking.clone()
+            },
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            name: self.name.clone(),
+        }
     }
 
     fn read_error(&self, e: redis::RedisError) -> Error {
-        Error::redis(
-            format!(
-                "cannot read stream {:?} as consumer {:?} of group {:?}",
-                self.stream, self.name, self.group
-            ),
-            e,
-        )
+        read_error(&self.stream, &self.group, &self.name, e)
     }
 
     /// Acknowledges entries: they leave the group's pending list. One XACK for all
@@ -313,7 +305,7 @@ impl Consumer {
         pipe.atomic();
         pipe.cmd("XACK")
             .arg(&*self.stream)
-            .arg(&self.group)
+            .arg(&*self.group)
             .arg(ids);
         pipe.cmd("XDEL").arg(&*self.stream).arg(ids);
         let (acked, _deleted): (u64, u64) = pipe
@@ -326,6 +318,56 @@ impl Consumer {
                 )
             })?;
         Ok(acked)
+    }
+}
+
+fn read_error(stream: &str, group: &str, name: &str, e: redis::RedisError) -> Error {
+    Error::redis(
+        format!("cannot read stream {stream:?} as consumer {name:?} of group {group:?}"),
+        e,
+    )
+}
+
+/// See [`Consumer::reader`]. Reads of new entries only (`>`): the consumer's own
+/// pending entries are not re-read through it.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    conn: Connection,
+    stream: Arc<str>,
+    group: Arc<str>,
+    name: Arc<str>,
+}
+
+impl Reader {
+    /// `[XACK ack_ids…, XREADGROUP COUNT count STREAMS stream >]` in one round
+    /// trip, never blocking (no XACK when `ack_ids` is empty).
+    pub(crate) async fn ack_then_read(
+        mut self,
+        ack_ids: &[EntryId],
+        count: usize,
+    ) -> Result<Vec<Entry>> {
+        let mut pipe = redis::Pipeline::with_capacity(2);
+        if !ack_ids.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&*self.stream)
+                .arg(&*self.group)
+                .arg(ack_ids)
+                .ignore();
+        }
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&*self.group)
+            .arg(&*self.name)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(">");
+        let (v,): (Value,) = pipe
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|e| read_error(&self.stream, &self.group, &self.name, e))?;
+        reply::read_one(&self.stream, v)
     }
 }
 

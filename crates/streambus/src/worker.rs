@@ -98,7 +98,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
-            concurrency: 32,
+            concurrency: 256,
             batch_size: 128,
             block: Duration::from_secs(2),
             ack_flush_interval: Duration::from_millis(2),
@@ -349,6 +349,15 @@ struct Metrics {
     handler_seconds: metrics::Histogram,
 }
 
+/// A read sent by the worker's read loop whose reply is not taken yet.
+struct Ahead {
+    read: tokio::task::JoinHandle<Result<Vec<Entry>>>,
+    /// The acknowledgements sent with it.
+    acks: Vec<EntryId>,
+    permits: Vec<OwnedSemaphorePermit>,
+    requested: usize,
+}
+
 /// Acknowledgements waiting to be sent.
 #[derive(Default)]
 struct AckQueue {
@@ -404,6 +413,11 @@ impl<H: Handler> Shared<H> {
     /// with the same permits: a read holds its permits while it blocks, so the
     /// reclaim pass runs between reads, and a read blocks no longer than until the
     /// next pass is due.
+    ///
+    /// While the stream has a backlog (the last read came back full), a second
+    /// read is sent before the reply of the first is taken, when there are
+    /// permits for it: Redis then serves the next batch while this process
+    /// parses and dispatches the last one, instead of the two taking turns.
     async fn read_loop(self: &Arc<Self>, consumer: &mut Consumer, shutdown: &CancellationToken) {
         let o = &self.options;
         let policy = ClaimPolicy {
@@ -419,82 +433,117 @@ impl<H: Handler> Shared<H> {
         let mut failures: u32 = 0;
         let mut jitter = Jitter::new();
         let mut acks: Vec<EntryId> = Vec::with_capacity(o.ack_batch_size);
+        // A read sent and not yet taken, with its permits and the acks it carries.
+        let mut ahead: Option<Ahead> = None;
+        // The last read came back full: the stream most likely has more.
+        let mut backlog = false;
+        let half_batch = (o.batch_size.min(o.concurrency) / 2).max(1);
+        // Reads sent ahead alternate between two connections, unless entries
+        // must reach the handler in stream order (`ordered_by_key`): the
+        // replies of two connections may be served in either order.
+        let two_connections = !o.ordered_by_key;
+        let mut on_shared = false;
+        let flip = |on_shared: &mut bool| {
+            *on_shared = two_connections && !*on_shared;
+            *on_shared
+        };
         loop {
-            // Take permits before reading: never fetch more than there is room for.
-            let first = tokio::select! {
-                // Shutdown first: a permit freed at the same moment must not start
-                // another read.
-                biased;
-                _ = shutdown.cancelled() => return,
-                p = self.permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let mut permits = vec![first];
-            self.take_free_permits(&mut permits);
-            if permits.len() < o.batch_size.min(o.concurrency) / 2 {
-                // Few permits free: the handlers of the last read are most likely
-                // about to finish (a quick handler takes microseconds, a read a
-                // round trip). Letting them run first makes this read fetch a
-                // batch instead of a few entries. Measured with a no-op handler,
-                // concurrency 32: see BENCHMARKS.md ("worker").
-                tokio::task::yield_now().await;
+            let (read, mut permits, requested) = if let Some(sent) = ahead.take() {
+                if backlog && !shutdown.is_cancelled() && Instant::now() < reclaim.next_at {
+                    let mut permits = Vec::new();
+                    self.take_free_permits(&mut permits);
+                    if permits.len() < half_batch {
+                        tokio::task::yield_now().await;
+                        self.take_free_permits(&mut permits);
+                    }
+                    if permits.len() >= half_batch {
+                        ahead = Some(self.send_read(consumer, permits, flip(&mut on_shared)));
+                    }
+                }
+                let read = sent.read.await.unwrap_or_else(|e| {
+                    Err(Error::new(
+                        ErrorKind::Redis,
+                        format!("read task failed: {e}"),
+                    ))
+                });
+                (
+                    self.carried_acks(sent.acks, read),
+                    sent.permits,
+                    sent.requested,
+                )
+            } else {
+                // Take permits before reading: never fetch more than there is room for.
+                let first = tokio::select! {
+                    // Shutdown first: a permit freed at the same moment must not
+                    // start another read.
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    p = self.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                };
+                let mut permits = vec![first];
                 self.take_free_permits(&mut permits);
-            }
-            if Instant::now() >= reclaim.next_at {
-                self.reclaim_step(&policy, &mut reclaim, &mut permits).await;
-                if permits.is_empty() {
+                if permits.len() < half_batch {
+                    // Few permits free: the handlers of the last read are most
+                    // likely about to finish (a quick handler takes microseconds, a
+                    // read a round trip). Letting them run first makes this read
+                    // fetch a batch instead of a few entries. Measured with a no-op
+                    // handler, concurrency 32: see BENCHMARKS.md ("worker").
+                    tokio::task::yield_now().await;
+                    self.take_free_permits(&mut permits);
+                }
+                if Instant::now() >= reclaim.next_at {
+                    self.reclaim_step(&policy, &mut reclaim, &mut permits).await;
+                    if permits.is_empty() {
+                        continue;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let requested = permits.len();
+                if backlog {
+                    // Likely more to read: no blocking read, and the next turn may
+                    // send a second read before taking this one.
+                    ahead = Some(self.send_read(consumer, permits, flip(&mut on_shared)));
                     continue;
                 }
-            }
-            let until_reclaim = reclaim.next_at.saturating_duration_since(Instant::now());
-            let block = o.block.min(until_reclaim).max(Duration::from_millis(1));
-            if shutdown.is_cancelled() {
-                return;
-            }
-            // A read that has started is not abandoned on shutdown: Redis may
-            // already have delivered entries to it, which would then sit pending
-            // under this name until reclaimed. It ends within `block`, and what it
-            // brings is handled within the shutdown grace.
-            //
-            // Acknowledgements ready now go in the same round trip as a
-            // non-blocking read (pipeline [XACK ids, XREADGROUP]); only when that
-            // read finds nothing does a blocking read follow. Measured together
-            // with `dispatch_read` and the per-read bookkeeping (no-op handler,
-            // concurrency 32, ratio to redis-benchmark in the same run, noisy
-            // 2-core machine): 0.19–0.34 before, 0.32–0.46 after (≈ +25–40%
-            // msg/s); concurrency 1 unchanged. BENCHMARKS.md has the runs.
-            {
-                let mut q = lock(&self.acks);
-                std::mem::swap(&mut acks, &mut q.ids);
-                if acks.len() > o.ack_batch_size {
-                    q.ids.extend(acks.drain(o.ack_batch_size..));
-                }
-            }
-            let read = if acks.is_empty() {
-                consumer.read(permits.len(), Some(block)).await
-            } else {
-                match consumer.ack_then_read(&acks, permits.len()).await {
-                    Ok((_, entries)) => {
-                        self.acked(acks.drain(..));
-                        if !entries.is_empty() || shutdown.is_cancelled() {
-                            Ok(entries)
-                        } else {
-                            consumer.read(permits.len(), Some(block)).await
+                let until_reclaim = reclaim.next_at.saturating_duration_since(Instant::now());
+                let block = o.block.min(until_reclaim).max(Duration::from_millis(1));
+                // A read that has started is not abandoned on shutdown: Redis may
+                // already have delivered entries to it, which would then sit
+                // pending under this name until reclaimed. It ends within `block`,
+                // and what it brings is handled within the shutdown grace.
+                //
+                // Acknowledgements ready now go in the same round trip as a
+                // non-blocking read (pipeline [XACK ids, XREADGROUP]); only when
+                // that read finds nothing does a blocking read follow. Measured
+                // together with `dispatch_read` and the per-read bookkeeping
+                // (no-op handler, concurrency 32, ratio to redis-benchmark in the
+                // same run, noisy 2-core machine): 0.19–0.34 before, 0.32–0.46
+                // after (≈ +25–40% msg/s); concurrency 1 unchanged.
+                // BENCHMARKS.md has the runs.
+                self.take_acks(&mut acks);
+                let read = if acks.is_empty() {
+                    consumer.read(requested, Some(block)).await
+                } else {
+                    let read = consumer.ack_then_read(&acks, requested).await;
+                    match self.carried_acks(std::mem::take(&mut acks), read) {
+                        Ok(entries) if entries.is_empty() && !shutdown.is_cancelled() => {
+                            consumer.read(requested, Some(block)).await
                         }
+                        other => other,
                     }
-                    Err(e) => {
-                        // Maybe applied, maybe not: the flusher sends them again
-                        // (XACK is idempotent) and handles its own errors.
-                        self.queue_acks(acks.drain(..));
-                        Err(e)
-                    }
-                }
+                };
+                (read, permits, requested)
             };
+            backlog = false;
             match read {
                 Ok(entries) => {
                     failures = 0;
+                    backlog = entries.len() >= requested;
                     self.dispatch_read(entries, &mut permits);
                 }
                 Err(e) if e.kind() == ErrorKind::NoGroup => {
@@ -512,7 +561,8 @@ impl<H: Handler> Shared<H> {
                         Err(e) => {
                             failures += 1;
                             warn!(error = %e, "cannot recreate the group");
-                            if !self.pause(failures, &mut jitter, shutdown).await {
+                            if ahead.is_none() && !self.pause(failures, &mut jitter, shutdown).await
+                            {
                                 return;
                             }
                         }
@@ -521,11 +571,64 @@ impl<H: Handler> Shared<H> {
                 Err(e) => {
                     failures += 1;
                     warn!(error = %e, attempt = failures, "read failed; retrying");
-                    if !self.pause(failures, &mut jitter, shutdown).await {
+                    // With a read still under way, take its reply first (it
+                    // may carry entries); the pause comes after it.
+                    if ahead.is_none() && !self.pause(failures, &mut jitter, shutdown).await {
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// Moves the queued acknowledgements (up to `ack_batch_size`) into `acks`.
+    fn take_acks(&self, acks: &mut Vec<EntryId>) {
+        let mut q = lock(&self.acks);
+        std::mem::swap(acks, &mut q.ids);
+        if acks.len() > self.options.ack_batch_size {
+            q.ids.extend(acks.drain(self.options.ack_batch_size..));
+        }
+    }
+
+    /// After a read that carried acknowledgements: on success they are done;
+    /// on an error they may or may not have been applied, so the flusher sends
+    /// them again (XACK is idempotent) and handles its own errors.
+    fn carried_acks(&self, acks: Vec<EntryId>, read: Result<Vec<Entry>>) -> Result<Vec<Entry>> {
+        if !acks.is_empty() {
+            if read.is_ok() {
+                self.acked(acks.into_iter());
+            } else {
+                self.queue_acks(acks);
+            }
+        }
+        read
+    }
+
+    /// Sends a non-blocking read for `permits.len()` new entries, with the
+    /// acknowledgements queued now, without waiting for its reply.
+    ///
+    /// The read runs in a task of its own, so that it is sent now and not when
+    /// its reply is awaited. With `on_shared` it goes on the shared connection
+    /// instead of the consumer's read connection: each connection has its own
+    /// reply parser (redis-rs's, ≈38% of the worker's CPU in a profile), so
+    /// two reads under way on two connections are parsed on both cores.
+    fn send_read(
+        &self,
+        consumer: &Consumer,
+        permits: Vec<OwnedSemaphorePermit>,
+        on_shared: bool,
+    ) -> Ahead {
+        let mut acks = Vec::new();
+        self.take_acks(&mut acks);
+        let requested = permits.len();
+        let reader = consumer.reader(on_shared);
+        let carried = acks.clone();
+        let read = tokio::spawn(async move { reader.ack_then_read(&carried, requested).await });
+        Ahead {
+            read,
+            acks,
+            permits,
+            requested,
         }
     }
 

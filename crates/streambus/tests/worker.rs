@@ -294,6 +294,49 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
     );
 }
 
+/// With a backlog the worker has a second read under way while it takes the
+/// first (read-ahead, on two connections). Stopping it mid-backlog must leave
+/// no entry delivered to it and not handled: whatever the reads in flight
+/// brought is handled and acknowledged before `run` returns.
+#[tokio::test]
+async fn shutdown_in_a_backlog_leaves_nothing_pending() {
+    let url = server().url();
+    let mut c = connect(&url).await;
+    let s = format!("{}backlog", unique_prefix("worker"));
+    let total = 20_000;
+    publish_n(&c, &s, total).await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    // Default settings: concurrency 256, reads of 128, so reads go ahead.
+    let (task, stop) = start(
+        &url,
+        &s,
+        "w1",
+        WorkerOptions::default(),
+        move |_d: Delivery| {
+            h.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Outcome::Ack)
+        },
+    );
+    eventually(20, "a fifth handled", || async {
+        handled.load(Ordering::SeqCst) >= total as u64 / 5
+    })
+    .await;
+    stop.cancel();
+    let report = task.await.unwrap().unwrap();
+    let n = handled.load(Ordering::SeqCst);
+    assert!(n < total as u64, "stopped mid-backlog ({n} of {total})");
+    assert_eq!(report.delivered, n, "every delivered entry was handled");
+    assert_eq!(report.acked, n);
+    assert_eq!(pending_count(&mut c, &s, "g").await, 0, "nothing stranded");
+    let groups = streambus::group::list_groups(&mut c, &s).await.unwrap();
+    assert_eq!(
+        groups[0].lag,
+        Some(total as u64 - n),
+        "the rest still waits"
+    );
+}
+
 #[tokio::test]
 async fn entries_of_a_dead_consumer_are_reclaimed() {
     let url = server().url();
