@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p streambus-bench --example bench -- [--json] [--redis URL] [--quick]
-//!     [--worker-only] [--cluster | --cluster-only] [--cluster-messages N]
+//!     [--worker-only] [--cluster | --cluster-only] [--cluster-messages N] [--rounds N]
 //! ```
 //!
 //! It uses `target/release/streambus` for the stdin phase when it exists, and
@@ -26,6 +26,12 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--json" => json = true,
             "--redis" => opts.redis = it.next().cloned(),
+            "--rounds" => {
+                opts.rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(opts.rounds)
+            }
             "--concurrency" => {
                 opts.worker_concurrency = it
                     .next()

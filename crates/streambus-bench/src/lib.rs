@@ -67,6 +67,12 @@ pub struct BenchOptions {
     /// figure. `None`: the worker's memory is measured in this process, which
     /// gives an upper bound.
     pub worker_exe: Option<PathBuf>,
+    /// Rounds of the throughput phases: each round runs redis-benchmark and
+    /// every throughput phase once, one after the other; the report gives each
+    /// figure's median (and every round's rate). Rates on a shared machine drift
+    /// by 25% within seconds, so one pass can put a phase and the reference in
+    /// different weather.
+    pub rounds: usize,
     /// Messages per publish phase (and for redis-benchmark).
     pub publish_messages: u64,
     /// Concurrent callers of `publish` in the library publish phase.
@@ -123,6 +129,7 @@ impl Default for BenchOptions {
             redis_benchmark_bin: Some("redis-benchmark".to_owned()),
             streambus_bin: None,
             worker_exe: None,
+            rounds: 3,
             publish_messages: 500_000,
             publish_callers: 256,
             batch_size: 1000,
@@ -162,11 +169,15 @@ pub struct Throughput {
     pub messages: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
-    /// Messages per second.
+    /// Messages per second: the median of the rounds.
     pub rate: f64,
+    /// The rate of each round, in order (one entry when there was one round).
+    #[serde(default)]
+    pub rounds: Vec<f64>,
     /// `rate` / the redis-benchmark reference of the same run.
     pub ratio: Option<f64>,
-    /// Peak resident memory of whoever did the work during this phase, if measured.
+    /// Peak resident memory of whoever did the work during this phase, if
+    /// measured: the largest of the rounds.
     pub peak_rss_bytes: Option<u64>,
     /// How the memory was measured.
     pub rss_note: Option<String>,

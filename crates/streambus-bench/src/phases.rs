@@ -116,24 +116,40 @@ async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
     if ctx.opts.cluster_only {
         return Ok((None, Vec::new(), Vec::new()));
     }
-    let reference = reference(ctx).await;
-    let base = reference.as_ref().map(|r| r.rate);
-    let ratio = |t: &mut Throughput| t.ratio = base.map(|b| t.rate / b);
-    let mut throughput = Vec::new();
-
-    let mut t = publish_concurrent(ctx).await?;
-    ratio(&mut t);
-    throughput.push(t);
-    let mut t = publish_batches(ctx).await?;
-    ratio(&mut t);
-    throughput.push(t);
-    if let Some(mut t) = cli_publish(ctx).await? {
-        ratio(&mut t);
-        throughput.push(t);
+    let rounds = ctx.opts.rounds.max(1);
+    let mut references = Vec::new();
+    let mut measured: Vec<Vec<Throughput>> = Vec::new();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            ctx.say(&format!("round {round} of {rounds}"));
+        }
+        let mut rows = Vec::new();
+        if let Some(r) = reference(ctx).await {
+            references.push(r);
+        }
+        rows.push(publish_concurrent(ctx).await?);
+        rows.push(publish_batches(ctx).await?);
+        rows.extend(cli_publish(ctx).await?);
+        rows.extend(consume(ctx).await?);
+        // Keys of a round are not needed by the next: drop them now, so the
+        // server's memory stays that of one round.
+        drop_keys(ctx).await;
+        measured.push(rows);
     }
-    for mut t in consume(ctx).await? {
-        ratio(&mut t);
-        throughput.push(t);
+    let reference = median(references);
+    let base = reference.as_ref().map(|r| r.rate);
+    let mut throughput = Vec::new();
+    for i in 0..measured[0].len() {
+        let runs = measured.iter().filter_map(|r| r.get(i).cloned()).collect();
+        if let Some(mut t) = median(runs) {
+            t.ratio = base.map(|b| t.rate / b);
+            throughput.push(t);
+        }
+    }
+    if rounds > 1 {
+        ctx.notes.push(format!(
+            "throughput: median of {rounds} rounds (each runs redis-benchmark and every phase once); peak RSS: the largest of the rounds"
+        ));
     }
 
     let mut latency = Vec::new();
@@ -145,6 +161,31 @@ async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
         latency.push(latency_phase(ctx, None).await?);
     }
     Ok((reference, throughput, latency))
+}
+
+/// The run with the median rate (the lower one of the middle two for an even
+/// count), carrying every run's rate and the largest peak RSS.
+fn median(mut runs: Vec<Throughput>) -> Option<Throughput> {
+    let rates: Vec<f64> = runs.iter().map(|t| t.rate).collect();
+    let peak = runs.iter().filter_map(|t| t.peak_rss_bytes).max();
+    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mid = runs.len().checked_sub(1)? / 2;
+    let mut t = runs.swap_remove(mid);
+    t.rounds = rates;
+    t.peak_rss_bytes = peak;
+    Some(t)
+}
+
+/// Deletes the keys written so far.
+async fn drop_keys(ctx: &mut Ctx<'_>) {
+    if ctx.keys.is_empty() {
+        return;
+    }
+    let Ok(mut conn) = ctx.client.connect().await else {
+        return;
+    };
+    let keys = std::mem::take(&mut ctx.keys);
+    let _: std::result::Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
 }
 
 async fn redis_version(conn: &mut Connection) -> String {
@@ -231,6 +272,7 @@ async fn reference(ctx: &mut Ctx<'_>) -> Option<Throughput> {
         messages: n,
         seconds: n as f64 / rate,
         rate,
+        rounds: vec![rate],
         ratio: Some(1.0),
         peak_rss_bytes: None,
         rss_note: None,
@@ -619,6 +661,7 @@ fn throughput_row(
         messages,
         seconds: secs(elapsed),
         rate,
+        rounds: vec![rate],
         ratio: None,
         peak_rss_bytes,
         rss_note: peak_rss_bytes.map(|_| rss_note.to_owned()),
@@ -643,7 +686,12 @@ async fn join_all(
             },
             _ = tick.tick() => {
                 let done = counter.load(Ordering::Relaxed).min(total);
-                ctx.say(&format!("  {done}/{total}"));
+                // u64::MAX: no set total (publishers run for a time).
+                if total == u64::MAX {
+                    ctx.say(&format!("  {done} handled"));
+                } else {
+                    ctx.say(&format!("  {done}/{total}"));
+                }
             }
         }
     }

@@ -90,10 +90,11 @@ pub(crate) fn table(r: &BenchReport) -> String {
     s.push('\n');
     let standard = r.reference.is_some() || !r.throughput.is_empty() || !r.latency.is_empty();
     if standard {
-        let mut rows: Vec<[String; 5]> = vec![[
+        let mut rows: Vec<[String; 6]> = vec![[
             "throughput".into(),
             "messages".into(),
             "msg/s".into(),
+            "rounds, msg/s".into(),
             "ratio".into(),
             "peak RSS".into(),
         ]];
@@ -102,11 +103,12 @@ pub(crate) fn table(r: &BenchReport) -> String {
                 t.name.clone(),
                 t.messages.to_string(),
                 fmt_rate(t.rate),
+                rounds(&t.rounds),
                 t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
                 t.peak_rss_bytes.map_or("-".into(), mib),
             ]);
         }
-        grid(&mut s, &rows, &[false, true, true, true, true]);
+        grid(&mut s, &rows, &[false, true, true, true, true, true]);
         s.push('\n');
         let mut rows: Vec<[String; 7]> = vec![[
             "latency publish → handler".into(),
@@ -174,6 +176,18 @@ pub(crate) fn table(r: &BenchReport) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
+}
+
+/// Every round's rate in thousands (`212k 198k 230k`); empty for one round.
+fn rounds(rates: &[f64]) -> String {
+    if rates.len() < 2 {
+        return String::new();
+    }
+    let k: Vec<String> = rates
+        .iter()
+        .map(|r| format!("{:.0}k", r / 1000.0))
+        .collect();
+    k.join(" ")
 }
 
 /// Columns padded to their widest cell; the first row is the header.

@@ -161,6 +161,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub messages: Option<u64>,
 
+    /// Rounds of the throughput phases; each figure is the median of the
+    /// rounds, each round running redis-benchmark and every phase once
+    /// [default: 3; 1 with --quick].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<usize>,
+
     /// Lines fed to `streambus publish` on stdin (each about 200 bytes:
     /// 5000000 is about 1 GB).
     #[arg(long, value_name = "N")]

@@ -72,9 +72,13 @@ impl Message {
     }
 
     fn envelope_of(data: Vec<u8>) -> Self {
-        let id = uuid::Uuid::new_v4().to_string();
+        // Encoded into a buffer, not through `Display` (≈1% of the publishing
+        // CPU in a profile went to `fmt` here).
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
         let mut fields = Vec::with_capacity(6);
-        fields.push((field::ID, id.clone().into_bytes()));
+        fields.push((field::ID, id.as_bytes().to_vec()));
+        let id = id.to_owned();
         fields.push((
             field::TIMESTAMP,
             format_timestamp(SystemTime::now()).into_bytes(),

@@ -17,9 +17,13 @@ pub async fn run(given: Option<String>, args: BenchArgs) -> Result<()> {
     let mut opts = BenchOptions::default();
     opts.redis = given;
     if args.quick {
+        opts.rounds = 1;
         opts.publish_messages = 100_000;
         opts.cli_messages = 100_000;
         opts.latency_duration = Duration::from_secs(1);
+    }
+    if let Some(n) = args.rounds {
+        opts.rounds = n.max(1);
     }
     if let Some(n) = args.messages {
         opts.publish_messages = n;
