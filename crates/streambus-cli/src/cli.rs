@@ -576,6 +576,9 @@ pub struct ScaleArgs {
     /// The stream.
     pub stream: String,
 
+    #[command(flatten)]
+    pub partitions: PartitionsArg,
+
     /// The consumer group to size.
     #[arg(short, long, value_name = "GROUP")]
     pub group: String,

@@ -2,7 +2,8 @@
 //! (3 masters; one cluster for the whole file, so the steps run in one test):
 //! publish routes by key, tail reads every partition, two `consume --exec`
 //! members together run every entry exactly once, monitor's totals are the sums
-//! over the partitions, groups act on every partition; and the topology file's
+//! over the partitions, scale adds the partitions up, groups act on every
+//! partition; and the topology file's
 //! `partitions`.
 
 mod common;
@@ -275,6 +276,46 @@ fn partitioned_streams_from_the_command_line() {
     assert!(
         text_out.starts_with(&format!("stream {s}: 6 partitions present, length {total}")),
         "{text_out}"
+    );
+
+    // scale: samples added up over the partitions (`partitions` from the file);
+    // consumers are the distinct names (m0, m1), one per member process.
+    let v: Value = serde_json::from_str(&ok(
+        d,
+        &url,
+        &["scale", s, "-g", "billing", "--window", "50ms", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(v["advice"]["current"], 2, "{v}");
+    assert!(v["advice"]["target"].as_u64().unwrap() <= 6, "{v}");
+    let v: Value = serde_json::from_str(&ok(
+        d,
+        &url,
+        &["scale", s, "-g", "audit", "--window", "50ms", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(v["advice"]["current"], 1, "{v}");
+    assert!(
+        v["sentence"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("stream length ({})", total - 5)),
+        "the lag over all partitions: {v}"
+    );
+    let o = run(
+        sb(
+            d,
+            &[
+                "--redis", &url, "scale", s, "-g", "nobody", "--window", "10ms",
+            ],
+        ),
+        DEADLINE,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("no partition"),
+        "{}",
+        text(&o.stderr)
     );
 
     // tail --follow: one reader per partition; the history, then new entries

@@ -31,6 +31,8 @@ use crate::id::EntryId;
 use crate::keys;
 use crate::monitor::{self, MonitorOptions, StreamSnapshot};
 use crate::producer::Producer;
+use crate::reply::{self, Reply};
+use crate::scaler::{self, Sample};
 use crate::worker::{Worker, WorkerOptions, WorkerReport};
 use tokio_util::sync::CancellationToken;
 
@@ -388,6 +390,70 @@ pub async fn snapshot(
         groups,
         partitions: parts,
     })
+}
+
+/// One scaler [`Sample`] of `group` over all partitions, for
+/// [`crate::scaler`] and the [`crate::Advisor`]: the counters, the pending
+/// count and the lag added up (the lag is unknown if it is on any partition),
+/// and as consumers the number of distinct consumer names. A member process
+/// has one consumer, under one name, on each partition it serves, so that
+/// counts processes, which is what a scaling decision is about. Partitions
+/// that do not exist yet, or do not have the group yet, are skipped; a
+/// `NoStream` / `NoGroup` error when none has it.
+pub async fn sample(conn: &mut Connection, partitions: &Partitions, group: &str) -> Result<Sample> {
+    let mut total: Option<Sample> = None;
+    let mut names = std::collections::HashSet::new();
+    let mut missing_group = false;
+    for key in partitions.keys() {
+        let s = match scaler::sample(conn, key, group).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::NoStream => continue,
+            Err(e) if e.kind() == ErrorKind::NoGroup => {
+                missing_group = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let consumers: redis::Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(key)
+            .arg(group)
+            .query_async(conn)
+            .await
+            .map_err(|e| Error::redis(format!("cannot list the consumers of {key:?}"), e))?;
+        for c in reply::list(consumers)? {
+            names.insert(Reply::map(c)?.string("name")?);
+        }
+        total = Some(match total {
+            None => s,
+            Some(t) => Sample {
+                at: s.at,
+                entries_added: t.entries_added.zip(s.entries_added).map(|(a, b)| a + b),
+                entries_read: t.entries_read.zip(s.entries_read).map(|(a, b)| a + b),
+                lag: t.lag.zip(s.lag).map(|(a, b)| a + b),
+                pending: t.pending + s.pending,
+                consumers: 0,
+            },
+        });
+    }
+    let stream = partitions.stream();
+    match total {
+        Some(mut t) => {
+            t.consumers = names.len() as u64;
+            Ok(t)
+        }
+        None if missing_group => Err(Error::new(
+            ErrorKind::NoGroup,
+            format!("no partition of stream {stream:?} has a group {group:?}"),
+        )),
+        None => Err(Error::new(
+            ErrorKind::NoStream,
+            format!(
+                "stream {stream:?} does not exist: none of its {} partitions does (publish to it first, or check --partitions)",
+                partitions.len()
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Groups(args) => groups::run(&client, args, topology).await,
         Command::Dlq(args) => dlq::run(&client, args, topology).await,
         Command::Monitor(args) => monitor::run(&client, args, topology).await,
-        Command::Scale(args) => scale::run(&client, args).await,
+        Command::Scale(args) => scale::run(&client, args, topology).await,
         Command::Bench(_) | Command::Demo(_) | Command::Serve(_) | Command::Topology(_) => {
             unreachable!("handled above")
         }

@@ -12,6 +12,11 @@
 //!    waits until demand has been low for its cool-down) shows as a reason, not
 //!    as a target below the current count.
 //!
+//! With `--partitions N` (or the topology file's `partitions`) the samples add
+//! up every partition of the stream, and the consumers counted are the distinct
+//! consumer names: one per member process. The advice never goes above N
+//! consumers (one partition is served by one member at a time).
+//!
 //! `--json` prints one object: `rate` and `suggestion` (the reference rule;
 //! `null` when the lag is unknown), `sentence` (its line, or `null`),
 //! `window_ms`, and `advice` (`target`, `current`, `suggestion`,
@@ -28,14 +33,21 @@ use streambus::{Advisor, AdvisorConfig, Client};
 
 use crate::cli::ScaleArgs;
 use crate::output::Lines;
+use crate::topology::Topology;
 
-pub async fn run(client: &Client, args: ScaleArgs) -> Result<()> {
+pub async fn run(client: &Client, args: ScaleArgs, topology: Option<&Topology>) -> Result<()> {
+    let partitions = super::partitions(args.partitions, topology, &args.stream)?;
     scaler::validate_thresholds(args.scale_out_rate, args.scale_in_rate)
         .context("invalid --scale-out-rate / --scale-in-rate")?;
     let defaults = AdvisorConfig::default();
+    let mut max_consumers = args.max_consumers.unwrap_or(defaults.max_consumers);
+    if let Some(p) = &partitions {
+        // More members than partitions would have nothing to read.
+        max_consumers = max_consumers.min(p.len() as u64);
+    }
     let config = AdvisorConfig {
         min_consumers: args.min_consumers.unwrap_or(defaults.min_consumers),
-        max_consumers: args.max_consumers.unwrap_or(defaults.max_consumers),
+        max_consumers,
         target_drain: args.target_drain.unwrap_or(defaults.target_drain),
         ..defaults
     };
@@ -51,7 +63,18 @@ pub async fn run(client: &Client, args: ScaleArgs) -> Result<()> {
     }
 
     let mut conn = super::connect(client).await?;
-    let first = scaler::sample(&mut conn, &args.stream, &args.group).await?;
+    let sample = |conn: &mut streambus::Connection| {
+        let partitions = partitions.clone();
+        let (stream, group) = (args.stream.clone(), args.group.clone());
+        let mut conn = conn.clone();
+        async move {
+            match partitions {
+                Some(p) => streambus::partition::sample(&mut conn, &p, &group).await,
+                None => scaler::sample(&mut conn, &stream, &group).await,
+            }
+        }
+    };
+    let first = sample(&mut conn).await?;
     let reference = first.lag.map(|lag| {
         let (rate, suggestion) = scaler::rate_and_suggestion(
             lag,
@@ -89,7 +112,7 @@ pub async fn run(client: &Client, args: ScaleArgs) -> Result<()> {
         eprint!("sampling for {}...", format_duration(args.window));
     }
     tokio::time::sleep(args.window).await;
-    let second = scaler::sample(&mut conn, &args.stream, &args.group).await;
+    let second = sample(&mut conn).await;
     if progress {
         // Erase the progress line.
         eprint!("\r\x1b[K");
