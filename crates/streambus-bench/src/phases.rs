@@ -85,12 +85,7 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
     };
     // Leave nothing behind on a Redis that is not ours (on the private one too,
     // though it goes away anyway).
-    if !ctx.keys.is_empty() {
-        let _: std::result::Result<u64, _> = redis::cmd("DEL")
-            .arg(&ctx.keys)
-            .query_async(&mut conn)
-            .await;
-    }
+    drop_keys(&mut ctx).await;
     drop(server);
     let (reference, throughput, latency) = measured?;
     let scaling = scaling?;

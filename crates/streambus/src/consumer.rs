@@ -206,15 +206,7 @@ impl Consumer {
         let Some(cursor) = self.pending_cursor else {
             return Ok(Vec::new());
         };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&*self.group)
-            .arg(&*self.name)
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("STREAMS")
-            .arg(&*self.stream)
-            .arg(cursor);
+        let cmd = xreadgroup(&self.group, &self.name, count, None, &self.stream, cursor);
         let v: Value = cmd
             .query_async(&mut self.shared)
             .await
@@ -228,17 +220,7 @@ impl Consumer {
     }
 
     async fn read_new(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<Entry>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&*self.group)
-            .arg(&*self.name)
-            .arg("COUNT")
-            .arg(count.max(1));
-        if let Some(block) = block {
-            // BLOCK 0 would mean "forever": never send less than 1 ms.
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(&*self.stream).arg(">");
+        let cmd = xreadgroup(&self.group, &self.name, count, block, &self.stream, ">");
         let conn = if block.is_some() {
             &mut self.blocking
         } else {
@@ -321,6 +303,29 @@ impl Consumer {
     }
 }
 
+/// `XREADGROUP GROUP group name COUNT count [BLOCK ms] STREAMS stream from`.
+fn xreadgroup(
+    group: &str,
+    name: &str,
+    count: usize,
+    block: Option<Duration>,
+    stream: &str,
+    from: impl redis::ToRedisArgs,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(name)
+        .arg("COUNT")
+        .arg(count.max(1));
+    if let Some(block) = block {
+        // BLOCK 0 would mean "forever": never send less than 1 ms.
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS").arg(stream).arg(from);
+    cmd
+}
+
 fn read_error(stream: &str, group: &str, name: &str, e: redis::RedisError) -> Error {
     Error::redis(
         format!("cannot read stream {stream:?} as consumer {name:?} of group {group:?}"),
@@ -354,15 +359,14 @@ impl Reader {
                 .arg(ack_ids)
                 .ignore();
         }
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&*self.group)
-            .arg(&*self.name)
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("STREAMS")
-            .arg(&*self.stream)
-            .arg(">");
+        pipe.add_command(xreadgroup(
+            &self.group,
+            &self.name,
+            count,
+            None,
+            &self.stream,
+            ">",
+        ));
         let (v,): (Value,) = pipe
             .query_async(&mut self.conn)
             .await
