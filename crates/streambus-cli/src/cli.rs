@@ -57,6 +57,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub redis_insecure_skip_verify: bool,
 
+    /// How long to wait for a reply from Redis before the connection counts as
+    /// dead and is replaced (blocking reads add their wait to it). With the
+    /// defaults, every long-running command works again within 10 s of the
+    /// network healing.
+    #[arg(long, global = true, env = "STREAMBUS_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    pub response_timeout: Duration,
+
+    /// How long to wait for a new connection to Redis (TCP, TLS) to open.
+    #[arg(long, global = true, env = "STREAMBUS_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    pub connect_timeout: Duration,
+
     /// The topology file (streams, retention, groups, service) every command
     /// takes its defaults from [default: ./streambus.toml if it exists].
     #[arg(long, global = true, env = "STREAMBUS_CONFIG", value_name = "FILE")]
@@ -80,6 +91,8 @@ impl Cli {
                 client_key_file: self.redis_key.clone(),
                 insecure_skip_verify: self.redis_insecure_skip_verify,
             },
+            response_timeout: self.response_timeout,
+            connect_timeout: self.connect_timeout,
             ..Default::default()
         }
     }

@@ -13,8 +13,18 @@ use std::fmt;
 pub enum ErrorKind {
     /// Redis could not be reached, or the connection was lost mid-command.
     Connection,
-    /// Redis did not answer in time.
+    /// Redis did not answer in time. The request was sent: it may have been
+    /// carried out. Its connection was retired (see [`crate::Connection`]).
     Timeout,
+    /// A publish was sent, but no reply came (no answer in time, or the
+    /// connection failed first): the entry may or may not be in the stream. The
+    /// error gives the message back ([`Error::unpublished`]); publishing it again
+    /// keeps its envelope id, so a consumer with the idempotency guard drops the
+    /// copy if both were written.
+    Unconfirmed,
+    /// Redis stayed unreachable for the whole `publish_timeout`: nothing was
+    /// written. The error gives the message back ([`Error::unpublished`]).
+    Unavailable,
     /// Redis refused the credentials (`WRONGPASS`) or wants some (`NOAUTH`).
     Auth,
     /// The ACL user lacks a permission (`NOPERM`).
@@ -46,6 +56,8 @@ impl ErrorKind {
         match self {
             ErrorKind::Connection => "connection",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Unconfirmed => "unconfirmed",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Auth => "auth",
             ErrorKind::Permission => "permission",
             ErrorKind::NoGroup => "no such group",
@@ -80,6 +92,9 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// A publish that failed gives its message back, so that the caller can
+    /// retry it with the same envelope id.
+    unpublished: Option<crate::envelope::Message>,
 }
 
 /// The library's result type.
@@ -93,6 +108,7 @@ impl Error {
                 kind,
                 message: message.into(),
                 source: None,
+                unpublished: None,
             }),
         }
     }
@@ -101,6 +117,24 @@ impl Error {
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         self.inner.source = Some(Box::new(source));
         self
+    }
+
+    /// Attaches the message of a failed publish.
+    pub(crate) fn with_unpublished(mut self, message: crate::envelope::Message) -> Self {
+        self.inner.unpublished = Some(message);
+        self
+    }
+
+    /// The message of a failed publish, to publish again (with its envelope id
+    /// kept): set for `Unconfirmed` and `Unavailable` errors of
+    /// [`Producer::publish`](crate::Producer::publish).
+    pub fn unpublished(&self) -> Option<&crate::envelope::Message> {
+        self.inner.unpublished.as_ref()
+    }
+
+    /// Takes the message of a failed publish out of the error.
+    pub fn take_unpublished(&mut self) -> Option<crate::envelope::Message> {
+        self.inner.unpublished.take()
     }
 
     /// What kind of failure this is.
@@ -121,7 +155,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Busy
+            ErrorKind::Connection
+                | ErrorKind::Timeout
+                | ErrorKind::Busy
+                | ErrorKind::Unconfirmed
+                | ErrorKind::Unavailable
         )
     }
 
@@ -151,6 +189,9 @@ impl Error {
                 " (the TLS certificate was not accepted: give the CA that signed the server's certificate with ?ca=/path/ca.crt or --redis-ca, and a client certificate with ?cert=&key= if the server requires one)"
             }
             ErrorKind::Connection => " (is Redis running and reachable at that address?)",
+            ErrorKind::Redis if err.code() == Some("OOM") => {
+                " (Redis is at its maxmemory limit and evicts nothing: free memory, raise maxmemory, or trim streams)"
+            }
             _ => "",
         };
         Error::new(kind, format!("{context}: {}{hint}", describe(&err))).with_source(err)
@@ -206,6 +247,7 @@ impl fmt::Debug for Error {
             .field("kind", &self.inner.kind)
             .field("message", &self.inner.message)
             .field("source", &self.inner.source)
+            .field("unpublished", &self.inner.unpublished.is_some())
             .finish()
     }
 }

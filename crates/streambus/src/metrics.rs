@@ -19,6 +19,7 @@
 //! | `streambus_group_oldest_pending_seconds` | gauge | stream, group | age of the oldest pending entry (monitor) |
 //! | `streambus_group_consumers` | gauge | stream, group, status | consumers by status (monitor) |
 //! | `streambus_group_target_consumers` | gauge | stream, group | the scaler's target (monitor) |
+//! | `streambus_reconnects_total` | counter | | sockets to Redis replaced after one failed (timed out, reset, closed) |
 
 /// Counter: entries written by a producer.
 pub const PUBLISHED: &str = "streambus_published_total";
@@ -46,11 +47,17 @@ pub const GROUP_OLDEST_PENDING_SECONDS: &str = "streambus_group_oldest_pending_s
 pub const GROUP_CONSUMERS: &str = "streambus_group_consumers";
 /// Gauge: the scaler's target number of consumers.
 pub const GROUP_TARGET_CONSUMERS: &str = "streambus_group_target_consumers";
+/// Counter: sockets to Redis dialed again after one failed (timed out, reset, closed).
+pub const RECONNECTS: &str = "streambus_reconnects_total";
 
 /// Registers descriptions for every metric (call once after installing an exporter).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(PUBLISHED, "Entries written by a producer");
+    describe_counter!(
+        RECONNECTS,
+        "Sockets to Redis replaced after one failed (timed out, reset, closed)"
+    );
     describe_counter!(DELIVERED, "Entries handed to a handler");
     describe_counter!(ACKED, "Entries acknowledged");
     describe_counter!(RETRIED, "Handler results that asked for a retry");

@@ -6,19 +6,27 @@
 //! third of what explicit pipelines do). [`Producer::publish_batch`] pipelines a
 //! batch the caller already has.
 //!
-//! A publish that fails with a retryable error may or may not have been written:
-//! retrying it can write it twice. Every envelope carries a unique `id` so that
-//! consumers can drop such duplicates (see the idempotency guard of the worker).
+//! **While Redis is away**, a publish waits: a pipeline that could not be sent
+//! (no connection could be made) is sent again, with backoff, until
+//! [`ProducerOptions::publish_timeout`] has passed since the call; then it fails
+//! with [`ErrorKind::Unavailable`], and nothing was written. A publish that was
+//! sent but got no reply (a timeout, or its connection failed) fails at once with
+//! [`ErrorKind::Unconfirmed`]: it may or may not have been written. Both errors
+//! give the message back ([`Error::take_unpublished`]), so that the caller can
+//! publish it again with the same envelope id; consumers drop such duplicates with
+//! the worker's idempotency guard.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::connection::Connection;
+use crate::connection::{not_sent, Connection};
 use crate::envelope::Message;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::EntryId;
@@ -86,6 +94,12 @@ pub struct ProducerOptions {
     /// Publish calls that may wait for the sender task before `publish` itself
     /// waits (back-pressure instead of unbounded memory).
     pub queue_capacity: usize,
+    /// How long a publish waits while Redis cannot be reached (a restart, a
+    /// failover, a network cut) before it fails with `Unavailable`. Covers the
+    /// whole call: the wait for room in the queue, and sending again after a
+    /// failed connect. Default 30 s: longer than a Redis restart with a
+    /// moderate AOF, short enough that a caller learns of an outage.
+    pub publish_timeout: Duration,
 }
 
 impl Default for ProducerOptions {
@@ -97,6 +111,7 @@ impl Default for ProducerOptions {
             batch_pipeline: 128,
             pipelines_in_flight: 8,
             queue_capacity: 8192,
+            publish_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -106,6 +121,10 @@ struct Job {
     /// The XADD, built by the caller: encoding then runs on the callers'
     /// threads, in parallel, not in the one sender task.
     xadd: redis::Cmd,
+    /// Given back to the caller in the error if the publish fails.
+    message: Message,
+    /// The end of the caller's `publish_timeout`.
+    deadline: Instant,
     reply: oneshot::Sender<Result<EntryId>>,
 }
 
@@ -134,6 +153,7 @@ impl Producer {
             conn.clone(),
             options.max_pipeline.max(1),
             options.pipelines_in_flight.max(1),
+            options.publish_timeout,
             rx,
         ));
         Producer {
@@ -155,9 +175,14 @@ impl Producer {
     /// Appends one message to `stream` and returns its entry id.
     ///
     /// Concurrent calls are written together as one pipeline. Fails with
-    /// `TooLarge` (nothing written) when the message exceeds the size limit.
+    /// `TooLarge` (nothing written) when the message exceeds the size limit;
+    /// with `Unavailable` (nothing written) when Redis could not be reached
+    /// within `publish_timeout`; with `Unconfirmed` when it was sent but no
+    /// reply came. The last two give the message back
+    /// ([`Error::take_unpublished`]).
     pub async fn publish(&self, stream: &str, message: Message) -> Result<EntryId> {
         self.check(stream, &message)?;
+        let deadline = Instant::now() + self.inner.options.publish_timeout;
         let (reply, rx) = oneshot::channel();
         let job = Job {
             stream: self.stream_name(stream),
@@ -167,10 +192,25 @@ impl Producer {
                 self.inner.options.retention,
                 clock(self.inner.options.retention),
             ),
+            message,
+            deadline,
             reply,
         };
-        drop(message);
-        self.inner.queue.send(job).await.map_err(|_| stopped())?;
+        match tokio::time::timeout_at(deadline, self.inner.queue.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(mpsc::error::SendError(job))) => {
+                return Err(stopped().with_unpublished(job.message))
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "XADD to {stream} not sent: the producer's queue stayed full for the publish timeout of {:?} (is Redis reachable?)",
+                        self.inner.options.publish_timeout
+                    ),
+                ))
+            }
+        }
         rx.await.map_err(|_| stopped())?
     }
 
@@ -181,67 +221,127 @@ impl Producer {
     /// `pipelines_in_flight` at once, in order on one connection: they are
     /// appended in the order given. If Redis refuses one (e.g. `WRONGTYPE`),
     /// the first such error is returned; messages before it are written, and
-    /// so may be some after it, from pipelines already under way.
+    /// so may be some after it, from pipelines already under way. Use
+    /// [`Producer::publish_batch_each`] to learn the outcome of each message.
     pub async fn publish_batch(
         &self,
         stream: &str,
         messages: impl IntoIterator<Item = Message>,
     ) -> Result<Vec<EntryId>> {
+        let outcomes = self.publish_batch_each(stream, messages).await?;
+        let mut ids = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            ids.push(outcome?);
+        }
+        Ok(ids)
+    }
+
+    /// Like [`Producer::publish_batch`], with the outcome of each message sent, in
+    /// the order given: its entry id, or the error that message met (with the
+    /// message in it, [`Error::take_unpublished`]).
+    ///
+    /// While Redis cannot be reached, pipelines are sent again, in order, until
+    /// `publish_timeout` has passed since the call. After a failure that waiting
+    /// does not mend (a refusal such as `OOM` or `NOPERM`, an `Unconfirmed`
+    /// pipeline, or the timeout), no further pipeline is sent: the result is then
+    /// shorter than the input, and the messages past its end were not sent.
+    /// Pipelines already under way when that happened still report their
+    /// outcomes. Fails as a whole (nothing sent) only when a message does not
+    /// pass the checks (size, empty).
+    ///
+    /// Order across a reconnect: a pipeline that could not be sent is sent again
+    /// before any later one, once those under way have finished. Only if Redis
+    /// came back in the moment between two pipelines' connects can a later one
+    /// have been written first.
+    pub async fn publish_batch_each(
+        &self,
+        stream: &str,
+        messages: impl IntoIterator<Item = Message>,
+    ) -> Result<Vec<Result<EntryId>>> {
         let messages: Vec<Message> = messages.into_iter().collect();
         for m in &messages {
             self.check(stream, m)?;
         }
         let o = &self.inner.options;
         let now = clock(o.retention);
+        let deadline = Instant::now() + o.publish_timeout;
         // Larger than the sender task's pipelines: one caller, so no convoy of
         // callers to break up, and fewer writes. Measured (1000 per call, 8 in
         // flight, median of 4 alternating runs, msg/s): 32: 269k, 64: 268k,
         // 128: 323k, 256 (2 in flight): 314k, 512 (1 in flight): 266k.
-        let mut chunks = messages.chunks(o.batch_pipeline.max(1));
+        let size = o.batch_pipeline.max(1);
+        let chunks: Vec<&[Message]> = messages.chunks(size).collect();
+        let mut to_send: std::collections::VecDeque<usize> = (0..chunks.len()).collect();
+        let mut not_sent_yet: Vec<usize> = Vec::new();
+        let mut outcomes: Vec<Option<Result<EntryId>>> = Vec::new();
+        outcomes.resize_with(messages.len(), || None);
         let mut in_flight = futures_util::stream::FuturesOrdered::new();
-        let mut ids = Vec::with_capacity(messages.len());
-        let mut failed = None;
+        let mut stopped = false;
+        let mut delay = RESEND_FIRST_DELAY;
         loop {
             // FuturesOrdered polls new futures in the order they were pushed,
             // so the pipelines are written in order.
-            while failed.is_none() && in_flight.len() < o.pipelines_in_flight.max(1) {
-                let Some(chunk) = chunks.next() else { break };
-                let mut pipe = redis::Pipeline::with_capacity(chunk.len());
+            while !stopped
+                && not_sent_yet.is_empty()
+                && in_flight.len() < o.pipelines_in_flight.max(1)
+            {
+                let Some(c) = to_send.pop_front() else { break };
+                let mut pipe = redis::Pipeline::with_capacity(chunks[c].len());
                 // Per-reply errors, so that WRONGTYPE & co. are classified like
                 // a single publish's.
                 pipe.ignore_errors();
-                for m in chunk {
+                for m in chunks[c] {
                     pipe.add_command(xadd(stream, m, o.retention, now));
                 }
                 let mut conn = self.inner.conn.clone();
-                in_flight.push_back(async move { pipe.query_async::<Vec<Value>>(&mut conn).await });
+                in_flight
+                    .push_back(async move { (c, pipe.query_async::<Vec<Value>>(&mut conn).await) });
             }
-            let Some(replies) = in_flight.next().await else {
-                break;
+            let Some((c, replies)) = in_flight.next().await else {
+                if stopped || not_sent_yet.is_empty() {
+                    break;
+                }
+                // Everything under way has finished: send the ones that could
+                // not be, first, after a pause.
+                tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                delay = (delay * 2).min(RESEND_MAX_DELAY);
+                not_sent_yet.sort_unstable();
+                for c in not_sent_yet.drain(..).rev() {
+                    to_send.push_front(c);
+                }
+                continue;
             };
-            let replies = replies.map_err(|e| Error::redis(format!("XADD to {stream} failed"), e));
-            let before = ids.len();
+            let first = c * size;
+            let chunk = chunks[c];
             match replies {
                 Ok(replies) => {
-                    for r in replies {
-                        match entry_id(stream, r) {
-                            Ok(id) => ids.push(id),
-                            Err(e) => {
-                                failed.get_or_insert(e);
-                            }
+                    delay = RESEND_FIRST_DELAY;
+                    let mut written = 0;
+                    for (i, r) in replies.into_iter().enumerate() {
+                        let outcome = entry_id(stream, r);
+                        written += u64::from(outcome.is_ok());
+                        if let Err(e) = &outcome {
+                            stopped |= !e.is_retryable();
                         }
+                        outcomes[first + i] =
+                            Some(outcome.map_err(|e| e.with_unpublished(chunk[i].clone())));
+                    }
+                    count_published(stream, written);
+                }
+                Err(e) if not_sent(&e) && Instant::now() < deadline => not_sent_yet.push(c),
+                Err(e) => {
+                    stopped = true;
+                    let publish_timeout = o.publish_timeout;
+                    for (i, m) in chunk.iter().enumerate() {
+                        outcomes[first + i] = Some(Err(
+                            send_error(stream, &e, publish_timeout).with_unpublished(m.clone())
+                        ));
                     }
                 }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
             }
-            count_published(stream, (ids.len() - before) as u64);
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(ids),
-        }
+        Ok(outcomes.into_iter().map_while(|o| o).collect())
     }
 
     /// `stream` as a shared name, reusing the last one when it is the same.
@@ -352,6 +452,7 @@ async fn sender_task(
     conn: Connection,
     max_pipeline: usize,
     in_flight_max: usize,
+    publish_timeout: Duration,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut in_flight = FuturesUnordered::new();
@@ -364,7 +465,7 @@ async fn sender_task(
             jobs = recv_jobs(&mut rx, max_pipeline), if room => match jobs {
                 Some(jobs) => {
                     for jobs in by_stream(jobs) {
-                        in_flight.push(send_pipeline(conn.clone(), jobs));
+                        in_flight.push(send_pipeline(conn.clone(), jobs, publish_timeout));
                     }
                 }
                 None => break,
@@ -397,14 +498,53 @@ fn by_stream(jobs: Vec<Job>) -> Vec<Vec<Job>> {
     groups
 }
 
-/// Writes one pipeline and answers its callers.
-async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>) {
+/// First pause before sending again a pipeline that could not be sent.
+const RESEND_FIRST_DELAY: Duration = Duration::from_millis(50);
+/// Longest pause between attempts while Redis is away: once it is back, a
+/// publish waits at most this long to notice.
+const RESEND_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The error of a message whose pipeline failed as a whole: `Unavailable` when
+/// it was never sent, `Unconfirmed` when it was sent and no reply came.
+fn send_error(stream: &str, e: &redis::RedisError, publish_timeout: Duration) -> Error {
+    if not_sent(e) {
+        return Error::new(
+            ErrorKind::Unavailable,
+            format!("XADD to {stream} not sent: Redis stayed unreachable for the publish timeout of {publish_timeout:?}; nothing was written"),
+        )
+        .with_source(e.clone());
+    }
+    let err = Error::redis(format!("XADD to {stream} failed"), e.clone());
+    match err.kind() {
+        ErrorKind::Timeout | ErrorKind::Connection => Error::new(
+            ErrorKind::Unconfirmed,
+            format!("XADD to {stream} unconfirmed: it was sent, but no reply came ({}); the entry may or may not have been written", e),
+        )
+        .with_source(e.clone()),
+        _ => err,
+    }
+}
+
+/// Writes one pipeline and answers its callers. While no connection can be
+/// made, sends it again until the earliest caller's deadline.
+async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>, publish_timeout: Duration) {
     let mut pipe = redis::Pipeline::with_capacity(jobs.len());
     pipe.ignore_errors();
     for job in &mut jobs {
         pipe.add_command(std::mem::take(&mut job.xadd));
     }
-    match pipe.query_async::<Vec<Value>>(&mut conn).await {
+    let deadline = jobs.iter().map(|j| j.deadline).min();
+    let mut delay = RESEND_FIRST_DELAY;
+    let result = loop {
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Err(e) if not_sent(&e) && deadline.is_some_and(|d| Instant::now() + delay < d) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RESEND_MAX_DELAY);
+            }
+            result => break result,
+        }
+    };
+    match result {
         Ok(replies) => {
             let mut written = 0;
             let stream = jobs.first().map(|j| j.stream.clone());
@@ -412,7 +552,9 @@ async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>) {
                 let id = entry_id(&job.stream, r);
                 written += u64::from(id.is_ok());
                 // The caller may have stopped waiting; its result is then unwanted.
-                let _ = job.reply.send(id);
+                let _ = job
+                    .reply
+                    .send(id.map_err(|e| e.with_unpublished(job.message)));
             }
             if let Some(stream) = stream {
                 count_published(&stream, written);
@@ -420,8 +562,8 @@ async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>) {
         }
         Err(e) => {
             for job in jobs {
-                let err = Error::redis(format!("XADD to {} failed", job.stream), e.clone());
-                let _ = job.reply.send(Err(err));
+                let err = send_error(&job.stream, &e, publish_timeout);
+                let _ = job.reply.send(Err(err.with_unpublished(job.message)));
             }
         }
     }
