@@ -75,6 +75,20 @@
 //! # let _ = promoted;
 //! ```
 //!
+//! # Faults
+//!
+//! [`FaultProxy`] sits between a client and a server and injects network
+//! faults on demand: latency, a black hole, connection resets, refused
+//! connections. See the [`proxy`] module.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`RedisServer`], its options and errors, [`free_port`],
+//!   [`unique_prefix`].
+//! - `cluster`: [`RedisCluster`] and slot helpers.
+//! - `certs`: the generated TLS test certificates.
+//! - [`proxy`]: [`FaultProxy`], a fault-injecting TCP proxy.
+//!
 //! # Lifetime
 //!
 //! The server lives exactly as long as its [`RedisServer`]. Values in a
@@ -99,11 +113,13 @@ use tempfile::TempDir;
 
 mod certs;
 mod cluster;
+pub mod proxy;
 
 use certs::{
     write_test_certs, CA_CERT, CLIENT_CERT, CLIENT_KEY, OTHER_CA_CERT, SERVER_CERT, SERVER_KEY,
 };
 pub use cluster::{slot_for_key, ClusterNode, ClusterOptions, NodeRole, RedisCluster};
+pub use proxy::FaultProxy;
 
 /// The address every server started by this crate listens on.
 const HOST: &str = "127.0.0.1";
