@@ -107,7 +107,10 @@ impl Default for WorkerOptions {
             reclaim_interval: Duration::from_secs(1),
             max_deliveries: 5,
             retry_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
-            reconnect_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+            // Capped at 2 s so that, with the default connection timeouts, a
+            // worker works again within 10 s of the network healing (the
+            // README's "Faults" section adds it up).
+            reconnect_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             shutdown_grace: Duration::from_secs(30),
             ordered_by_key: false,
             idempotency_ttl: None,
