@@ -165,15 +165,15 @@ impl Run {
             .expect("the worker stops")
             .unwrap()
             .unwrap();
-        let handled = self.handled.lock().unwrap();
-        let seen: HashSet<&String> = handled.iter().map(|(_, id)| id).collect();
-        let lost = published.iter().filter(|id| !seen.contains(id)).count();
-        assert_eq!(lost, 0, "lost entries");
         conn = common::connect(redis_url).await;
         assert_eq!(
             common::pending_count(&mut conn, &self.stream, &self.group).await,
             0
         );
+        let handled = self.handled.lock().unwrap();
+        let seen: HashSet<&String> = handled.iter().map(|(_, id)| id).collect();
+        let lost = published.iter().filter(|id| !seen.contains(id)).count();
+        assert_eq!(lost, 0, "lost entries");
         let after: Vec<Instant> = handled
             .iter()
             .map(|(t, _)| *t)
