@@ -22,8 +22,24 @@ use tokio::time::Instant;
 
 mod common;
 
-/// Short timeouts: a dead connection is noticed within half a second.
+/// Whether to run with the default settings (`STREAMBUS_FAULTS_DEFAULTS=1`,
+/// as `scripts/faults` does to measure what users get) instead of short ones.
+fn defaults() -> bool {
+    std::env::var_os("STREAMBUS_FAULTS_DEFAULTS").is_some()
+}
+
+/// The connection settings of the fault runs: short, or the defaults.
 fn fast() -> ConnectOptions {
+    if defaults() {
+        ConnectOptions::default()
+    } else {
+        short()
+    }
+}
+
+/// Short timeouts: a dead connection is noticed within half a second. The
+/// producer's own tests always use them: they check outcomes, not figures.
+fn short() -> ConnectOptions {
     ConnectOptions {
         connect_timeout: Duration::from_millis(500),
         response_timeout: Duration::from_millis(500),
@@ -35,8 +51,23 @@ fn fast() -> ConnectOptions {
 /// The bound on recovery these tests hold the worker to, with `fast()`
 /// timeouts: the read under way times out (BLOCK 200 ms + 500 ms), one pause
 /// of the reconnect backoff (at most 300 ms here), a dial (≤ 500 ms), with room
-/// for a slow CI machine.
-const RECOVERY: Duration = Duration::from_secs(4);
+/// for a slow CI machine. With the defaults: the README's 10 s.
+fn recovery() -> Duration {
+    if defaults() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(4)
+    }
+}
+
+/// How long the end of a run may take (longer with the default timeouts).
+fn settle() -> Duration {
+    if defaults() {
+        Duration::from_secs(40)
+    } else {
+        Duration::from_secs(20)
+    }
+}
 
 struct Run {
     stream: String,
@@ -64,16 +95,28 @@ impl Run {
         let stream = format!("{prefix}:s");
         let group = "g".to_string();
         let handled = Arc::new(Mutex::new(Vec::new()));
-        let options = WorkerOptions {
-            concurrency: 16,
-            block: Duration::from_millis(200),
-            visibility_timeout: Duration::from_secs(2),
-            reclaim_interval: Duration::from_millis(200),
-            max_deliveries: 1000,
-            retry_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
-            reconnect_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(300)),
-            shutdown_grace: Duration::from_secs(5),
-            ..Default::default()
+        let options = if defaults() {
+            WorkerOptions {
+                concurrency: 16,
+                max_deliveries: 1000,
+                visibility_timeout: Duration::from_secs(10),
+                ..Default::default()
+            }
+        } else {
+            WorkerOptions {
+                concurrency: 16,
+                block: Duration::from_millis(200),
+                visibility_timeout: Duration::from_secs(2),
+                reclaim_interval: Duration::from_millis(200),
+                max_deliveries: 1000,
+                retry_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
+                reconnect_backoff: Backoff::new(
+                    Duration::from_millis(20),
+                    Duration::from_millis(300),
+                ),
+                shutdown_grace: Duration::from_secs(5),
+                ..Default::default()
+            }
         };
         let client = Client::open_with(&proxy.url(), fast()).unwrap();
         let seen = handled.clone();
@@ -137,7 +180,7 @@ impl Run {
         let published: HashSet<String> = self.published.lock().unwrap().iter().cloned().collect();
         let handled = self.handled.clone();
         let all = published.clone();
-        common::wait_for(Duration::from_secs(20), move || {
+        common::wait_for(settle(), move || {
             let handled = handled.clone();
             let all = all.clone();
             async move {
@@ -153,14 +196,14 @@ impl Run {
         .await;
         let mut conn = common::connect(redis_url).await;
         let (stream, group) = (self.stream.clone(), self.group.clone());
-        common::wait_for(Duration::from_secs(10), move || {
+        common::wait_for(settle(), move || {
             let mut conn = conn.clone();
             let (stream, group) = (stream.clone(), group.clone());
             async move { common::pending_count(&mut conn, &stream, &group).await == 0 }
         })
         .await;
         self.stop.cancel();
-        let report = tokio::time::timeout(Duration::from_secs(10), self.worker)
+        let report = tokio::time::timeout(settle(), self.worker)
             .await
             .expect("the worker stops")
             .unwrap()
@@ -236,8 +279,9 @@ async fn handled_at_least(run: &Run, n: usize) {
 fn report(what: &str, first: Duration, last: Duration) {
     eprintln!("{what}: heal -> first entry handled {first:?}, -> all handled {last:?}");
     assert!(
-        first <= RECOVERY,
-        "{what}: first entry after heal took {first:?} (bound {RECOVERY:?})"
+        first <= recovery(),
+        "{what}: first entry after heal took {first:?} (bound {:?})",
+        recovery()
     );
 }
 
@@ -489,7 +533,7 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
     let stream = format!("{}:s", unique_prefix("pub"));
-    let client = Client::open_with(&proxy.url(), fast()).unwrap();
+    let client = Client::open_with(&proxy.url(), short()).unwrap();
     let conn = client.connect().await.unwrap();
     let producer = Producer::new(
         conn.clone(),
@@ -571,7 +615,7 @@ async fn a_publish_without_a_reply_is_unconfirmed_and_the_connection_replaced() 
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
     let stream = format!("{}:s", unique_prefix("unconf"));
-    let client = Client::open_with(&proxy.url(), fast()).unwrap();
+    let client = Client::open_with(&proxy.url(), short()).unwrap();
     let conn = client.connect().await.unwrap();
     let producer = Producer::new(conn.clone(), ProducerOptions::default());
     producer
@@ -611,7 +655,7 @@ async fn an_idle_connection_that_died_is_replaced_before_a_write() {
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
     let stream = format!("{}:s", unique_prefix("idle"));
-    let client = Client::open_with(&proxy.url(), fast()).unwrap();
+    let client = Client::open_with(&proxy.url(), short()).unwrap();
     let conn = client.connect().await.unwrap();
     let producer = Producer::new(conn.clone(), ProducerOptions::default());
     producer
