@@ -573,7 +573,9 @@ impl Connection {
             *current = None;
             shared.generation.fetch_add(1, Ordering::AcqRel);
             drop(current);
-            tracing::warn!(
+            // Info, not a warning: the caller that sees the failure decides
+            // what it means and says so (and a reset storm would flood).
+            tracing::info!(
                 url = shared.client.display.as_str(),
                 error = %why,
                 "connection to Redis retired; the next request dials a new one"

@@ -241,9 +241,9 @@ impl Producer {
     /// message in it, [`Error::take_unpublished`]).
     ///
     /// While Redis cannot be reached, pipelines are sent again, in order, until
-    /// `publish_timeout` has passed since the call. After a failure that waiting
-    /// does not mend (a refusal such as `OOM` or `NOPERM`, an `Unconfirmed`
-    /// pipeline, or the timeout), no further pipeline is sent: the result is then
+    /// `publish_timeout` has passed since the call. After any other failure (a
+    /// refusal such as `OOM`, `NOPERM` or `LOADING`, an `Unconfirmed` pipeline,
+    /// or the timeout), no further pipeline is sent: the result is then
     /// shorter than the input, and the messages past its end were not sent.
     /// Pipelines already under way when that happened still report their
     /// outcomes. Fails as a whole (nothing sent) only when a message does not
@@ -321,9 +321,10 @@ impl Producer {
                     for (i, r) in replies.into_iter().enumerate() {
                         let outcome = entry_id(stream, r);
                         written += u64::from(outcome.is_ok());
-                        if let Err(e) = &outcome {
-                            stopped |= !e.is_retryable();
-                        }
+                        // Any refusal stops the batch, `LOADING` included: a
+                        // later pipeline written once loading ended would put
+                        // messages out of order.
+                        stopped |= outcome.is_err();
                         outcomes[first + i] =
                             Some(outcome.map_err(|e| e.with_unpublished(chunk[i].clone())));
                     }
