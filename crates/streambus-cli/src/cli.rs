@@ -242,6 +242,14 @@ pub struct PublishArgs {
     /// The envelope's `key` field (ordering / partition key).
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+
+    /// How long to keep retrying one chunk of input while Redis is away
+    /// (refused, silent, reset, loading after a restart) before giving up
+    /// with the number of the first line not published. The default rides
+    /// out a Redis restart or a Sentinel/managed failover (seconds to a few
+    /// minutes) without hanging for ever on an outage that needs a human.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub retry_for: Duration,
 }
 
 fn parse_field(s: &str) -> Result<(String, String), String> {
@@ -348,6 +356,12 @@ pub struct ConsumeArgs {
     /// group's start in the topology file, else 0].
     #[arg(long, value_name = "ID|$|0")]
     pub from: Option<StartId>,
+
+    /// Never create the group: a missing group is an error, and so is one
+    /// that vanishes while consuming (Redis restarted without persistence).
+    /// Without it, a vanished group is recreated from the start of the stream.
+    #[arg(long, conflicts_with = "exec")]
+    pub no_create: bool,
 
     /// Run `sh -c CMD` for each entry instead of printing it: the entry's JSON
     /// line on its stdin, STREAMBUS_STREAM, STREAMBUS_ENTRY_ID,

@@ -2,13 +2,20 @@
 //!
 //! Prints one line per message: its entry id; or, to a partitioned stream,
 //! `PARTITION_KEY ENTRY_ID` (routed by the envelope's key, else in turn).
+//!
+//! From stdin it keeps going through faults (Redis restarting, refusing,
+//! silent, resetting), for up to `--retry-for` per chunk of lines: see
+//! [`deliver`].
+
+mod deliver;
 
 use anyhow::{bail, Context, Result};
 use streambus::group::require_stream;
 use streambus::partition::PartitionedProducer;
-use streambus::{Client, ErrorKind, Message, Producer, ProducerOptions, Retention};
+use streambus::{read, Client, ErrorKind, Message, Producer, ProducerOptions, Retention};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
+use self::deliver::{Delivery, Line, Throttle};
 use crate::cli::PublishArgs;
 use crate::output::Lines;
 use crate::topology::Topology;
@@ -29,6 +36,8 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     let options = ProducerOptions {
         max_message_bytes: args.max_message_bytes,
         retention: args.maxlen.map_or(file_retention, Retention::max_len),
+        // While Redis cannot be reached, a publish waits this long.
+        publish_timeout: args.retry_for,
         ..Default::default()
     };
 
@@ -71,18 +80,18 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
             _ => {}
         }
     }
-    let producer = Producer::new(conn, options);
-    let target = match partitions {
-        // Batches per partition, never concurrent single publishes: on a
-        // cluster, one pipeline must stay within one slot.
-        Some(p) => Target::Partitioned(PartitionedProducer::new(producer, p)),
-        None => Target::Plain {
-            producer,
-            stream: &args.stream,
-        },
-    };
+    let producer = Producer::new(conn.clone(), options);
     let mut out = Lines::stdout();
     if !messages.is_empty() {
+        let target = match partitions {
+            // Batches per partition, never concurrent single publishes: on a
+            // cluster, one pipeline must stay within one slot.
+            Some(p) => Target::Partitioned(PartitionedProducer::new(producer, p)),
+            None => Target::Plain {
+                producer,
+                stream: &args.stream,
+            },
+        };
         for line in target.send(messages).await? {
             out.line(line)?;
         }
@@ -90,9 +99,30 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         return Ok(());
     }
 
+    // Where each stream ends now: entries of a send that got no reply are
+    // looked for after the last id known before it (see `deliver`). One
+    // round trip per stream for the whole run.
+    let mut anchors = Vec::with_capacity(keys.len());
+    for key in &keys {
+        anchors.push(read::last_id(&mut conn, key).await?);
+    }
+    let mut delivery = Delivery {
+        conn,
+        producer,
+        partitioned: partitions.is_some(),
+        next_partition: (streambus::backoff::Jitter::new().next_unit() * keys.len() as f64)
+            as usize,
+        keys,
+        anchors,
+        retry_for: args.retry_for,
+        url: client.display_url().to_owned(),
+        stream: args.stream.clone(),
+        envelope: &envelope,
+        warnings: Throttle::default(),
+    };
     let stdin = BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
     let limit = args.max_message_bytes;
-    publish_lines(&target, limit, stdin, &envelope, &mut out).await
+    publish_lines(&mut delivery, limit, stdin, &envelope, &mut out).await
 }
 
 /// Where the messages go: one stream, or the partitions of a logical stream.
@@ -129,9 +159,11 @@ impl Target<'_> {
 /// Publishes one envelope per non-blank line, in chunks: a chunk is what is
 /// already buffered (up to [`CHUNK_LINES`]), so a file goes in large pipelines
 /// and a line typed by hand goes out at once. The next chunk is read while the
-/// previous one is being published.
+/// previous one is being published (and, while Redis is away, retried: see
+/// [`deliver`]); stdin is read no further until it is done, so memory stays
+/// bounded and the program feeding stdin waits, rather than dying of SIGPIPE.
 async fn publish_lines(
-    target: &Target<'_>,
+    delivery: &mut Delivery<'_>,
     limit: usize,
     mut input: BufReader<impl AsyncRead + Unpin>,
     envelope: &dyn Fn(String) -> Result<Message>,
@@ -141,8 +173,12 @@ async fn publish_lines(
     let mut published = 0u64;
     let mut chunk = read_chunk(&mut input, &mut line_no, limit, envelope).await;
     loop {
-        let (messages, failure) = match chunk {
-            Ok(Chunk { messages, bad_line }) => (messages, bad_line),
+        let Chunk {
+            lines,
+            text,
+            bad_line,
+        } = match chunk {
+            Ok(c) => c,
             Err(e) => {
                 return Err(e.context(format!(
                     "reading stdin ({} published)",
@@ -150,8 +186,9 @@ async fn publish_lines(
                 )))
             }
         };
-        let done = failure.is_some() || messages.is_empty();
-        let send = target.send(messages);
+        let done = bad_line.is_some() || lines.is_empty();
+        let count = lines.len() as u64;
+        let send = delivery.chunk(lines, &text, out);
         let next = async {
             if done {
                 None
@@ -159,19 +196,23 @@ async fn publish_lines(
                 Some(read_chunk(&mut input, &mut line_no, limit, envelope).await)
             }
         };
-        let (sent, next) = tokio::join!(send, next);
-        let ids = sent.with_context(|| {
-            format!(
-                "publishing stdin ({} before this chunk published)",
-                count_messages(published)
-            )
-        })?;
-        published += ids.len() as u64;
-        for line in ids {
-            out.line(line)?;
-        }
-        out.flush()?;
-        if let Some((n, e)) = failure {
+        tokio::pin!(send, next);
+        // Read ahead while publishing, but stop at once when publishing gave
+        // up: the next line may never come (stdin left open).
+        let mut read_ahead = None;
+        let sent = loop {
+            tokio::select! {
+                sent = &mut send => break sent,
+                c = &mut next, if read_ahead.is_none() => read_ahead = Some(c),
+            }
+        };
+        sent?;
+        let next = match read_ahead {
+            Some(c) => c,
+            None => next.await,
+        };
+        published += count;
+        if let Some((n, e)) = bad_line {
             return Err(e.context(format!(
                 "line {n} ({} before it published)",
                 count_messages(published)
@@ -185,9 +226,13 @@ async fn publish_lines(
 }
 
 struct Chunk {
-    /// Valid messages, in order.
-    messages: Vec<Message>,
-    /// The first bad line, after `messages`: the messages before it are still
+    /// Valid lines, in order.
+    lines: Vec<Line>,
+    /// The trimmed text of every line, one after the other (one buffer per
+    /// chunk, not one per line): a line is built again from it if it has to be
+    /// sent again after it was never sent.
+    text: String,
+    /// The first bad line, after `lines`: the lines before it are still
     /// published, none after it.
     bad_line: Option<(u64, anyhow::Error)>,
 }
@@ -202,10 +247,14 @@ async fn read_chunk(
     limit: usize,
     envelope: &dyn Fn(String) -> Result<Message>,
 ) -> Result<Chunk> {
-    let mut messages = Vec::new();
+    let mut chunk = Chunk {
+        lines: Vec::new(),
+        text: String::new(),
+        bad_line: None,
+    };
     let mut buf = Vec::new();
-    while messages.len() < CHUNK_LINES {
-        if !messages.is_empty() && !input.buffer().contains(&b'\n') {
+    while chunk.lines.len() < CHUNK_LINES {
+        if !chunk.lines.is_empty() && !input.buffer().contains(&b'\n') {
             // The next line is not here yet: send what we have first.
             break;
         }
@@ -224,38 +273,36 @@ async fn read_chunk(
             let e = anyhow::anyhow!(
                 "line is longer than the message size limit of {limit} bytes; nothing was written for it"
             );
-            return Ok(Chunk {
-                messages,
-                bad_line: Some((*line_no, e)),
-            });
+            chunk.bad_line = Some((*line_no, e));
+            return Ok(chunk);
         }
         let text = match std::str::from_utf8(&buf) {
             Ok(t) => t.trim(),
             Err(_) => {
-                let e = anyhow::anyhow!("not valid UTF-8");
-                return Ok(Chunk {
-                    messages,
-                    bad_line: Some((*line_no, e)),
-                });
+                chunk.bad_line = Some((*line_no, anyhow::anyhow!("not valid UTF-8")));
+                return Ok(chunk);
             }
         };
         if text.is_empty() {
             continue;
         }
         match envelope(text.to_owned()) {
-            Ok(m) => messages.push(m),
+            Ok(m) => {
+                let at = chunk.text.len();
+                chunk.text.push_str(text);
+                chunk.lines.push(Line {
+                    no: *line_no,
+                    message: Some(m),
+                    text: at..chunk.text.len(),
+                });
+            }
             Err(e) => {
-                return Ok(Chunk {
-                    messages,
-                    bad_line: Some((*line_no, e)),
-                })
+                chunk.bad_line = Some((*line_no, e));
+                return Ok(chunk);
             }
         }
     }
-    Ok(Chunk {
-        messages,
-        bad_line: None,
-    })
+    Ok(chunk)
 }
 
 /// The producer checks sizes too; checking here first lets the error say which
