@@ -11,13 +11,35 @@
 //! A partitioned stream: one [`Consumer`] per partition (of this member's,
 //! with `--member`), read in turn; each batch is printed, then acknowledged,
 //! as above. A read never asks for more entries than may still be printed.
+//!
+//! # Faults
+//!
+//! Once started, consume outlives Redis being away (a lost network, a reset,
+//! a restart): a failed read or acknowledgement is retried after [`RETRY`]'s
+//! backoff, for as long as it takes, on new connections (a [`Feed`] drops its
+//! [`Consumer`] after a failure and builds a new one, which re-reads the
+//! entries delivered to its name first: those whose delivery reply was lost).
+//! One warning goes to stderr when Redis goes away and one line when it is
+//! back ([`Outage`]). Only a permanent error (a wrong password, NOPERM,
+//! WRONGTYPE, a missing group with `--no-create`) stops it, with that error.
+//!
+//! No entry is printed twice in one run: the ids printed and not yet
+//! acknowledged are remembered, and when one comes back (re-read after a
+//! reconnect) it is acknowledged without being printed. A group that vanished
+//! (Redis restarted without persistence) is recreated from the start of the
+//! stream, unless `--no-create`; entries up to the last one printed before
+//! are then acknowledged without being printed, too.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use streambus::backoff::{Backoff, Jitter};
+use streambus::config::format_duration;
 use streambus::consumer::default_consumer_name;
+use streambus::group;
 use streambus::partition::Partitions;
-use streambus::{Client, Consumer, ConsumerOptions};
+use streambus::{Client, Consumer, ConsumerOptions, Entry, EntryId, ErrorKind, StartId};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::ConsumeArgs;
 use crate::output::Lines;
@@ -28,6 +50,114 @@ use crate::topology::{GroupSpec, Topology};
 pub const BATCH_SIZE: usize = 10;
 /// Default of `--max-wait`.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// The wait between attempts while Redis is away (consume, `tail --follow`):
+/// 50 ms, doubling, at most 2 s, each with jitter (a value in `[d/2, d]`, so
+/// that many clients cut off together do not come back together). The cap
+/// bounds the time from the network healing to the next attempt; with the
+/// default timeouts (3 s) an attempt under way when it heals fails within
+/// 6 s, so a command is working again within about 8 s (the README's
+/// "Faults" section promises 10 s).
+pub(super) const RETRY: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    factor: 2.0,
+    max: Duration::from_secs(2),
+};
+
+/// What a long-running command tells the user about one outage of Redis:
+/// a warning at the first failed attempt (not at every retry), and a line
+/// saying how long it lasted at the first success; in between, the backoff
+/// before each attempt.
+pub(super) struct Outage {
+    /// What the command does, at the start of its lines (`consuming "s"`).
+    what: String,
+    /// When the first attempt of the current outage failed (monotonic, and
+    /// the wall clock for JSON).
+    since: Option<(Instant, SystemTime)>,
+    /// Failed attempts in a row, for the backoff.
+    attempts: u32,
+    jitter: Jitter,
+    /// No warning and recovery lines on stderr (`monitor` redrawing a screen
+    /// says it on the screen).
+    quiet: bool,
+    /// The longest wait between attempts, for the warning.
+    every: Duration,
+}
+
+impl Outage {
+    pub(super) fn new(what: impl Into<String>) -> Self {
+        Outage {
+            what: what.into(),
+            since: None,
+            attempts: 0,
+            jitter: Jitter::new(),
+            quiet: false,
+            every: RETRY.max,
+        }
+    }
+
+    /// Attempts are paced by the caller, every `every` (for the warning).
+    pub(super) fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// Without the stderr lines.
+    pub(super) fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// A failure that waiting can mend: warns if it is the first of an
+    /// outage; returns how long to wait before the next attempt.
+    pub(super) fn failed(&mut self, error: &dyn std::fmt::Display) -> Duration {
+        self.attempts = self.attempts.saturating_add(1);
+        if self.since.is_none() {
+            self.since = Some((Instant::now(), SystemTime::now()));
+            if !self.quiet {
+                eprintln!(
+                    "warning: {}: Redis unreachable; retrying until it is back (every {} at most): {}",
+                    self.what,
+                    format_duration(self.every),
+                    one_line(error)
+                );
+            }
+        }
+        RETRY.delay_with_jitter(self.attempts, self.jitter.next_unit())
+    }
+
+    /// A success: ends the outage, if there was one, saying how long it lasted.
+    pub(super) fn ok(&mut self) {
+        self.attempts = 0;
+        if let Some((at, _)) = self.since.take() {
+            if !self.quiet {
+                eprintln!(
+                    "{}: Redis is back after {} unreachable; carrying on",
+                    self.what,
+                    format_duration(at.elapsed())
+                );
+            }
+        }
+    }
+
+    /// When the current outage began, if Redis is away.
+    pub(super) fn since(&self) -> Option<(Instant, SystemTime)> {
+        self.since
+    }
+}
+
+/// An error's text on one line.
+pub(super) fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().replace(['\n', '\r'], " ")
+}
+
+/// Sleeps `delay`; false if `stop` came first.
+pub(super) async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stop.cancelled() => false,
+    }
+}
 
 /// What the topology file says about the stream and group being consumed.
 #[derive(Clone, Copy, Default)]
@@ -85,38 +215,35 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
         batch_size,
         max_wait,
         start: args.from.or(spec.start.map(|s| s.0)).unwrap_or_default(),
-        ..Default::default()
+        create_group: !args.no_create,
     };
     if let Some(p) = partitions {
         return consume_partitions(client, &args, &name, options, p).await;
     }
-    let mut consumer = Consumer::new(client, &args.stream, &args.group, &name, options).await?;
+    // A failure to start is reported at once (a wrong address or password
+    // should not look like an outage); faults after that are waited out.
+    let mut feed = Feed::start(client, &args.stream, &args.group, &name, options).await?;
     tracing::info!(stream = %args.stream, group = %args.group, consumer = %name, "consuming");
 
     let (stop, _signals) = shutdown::on_signal();
+    let mut outage = Outage::new(format!("consuming {:?}", args.stream));
     let mut out = Lines::stdout();
     let mut left = args.count;
     // A read in flight is never cancelled: entries it took are delivered to this
     // consumer, so they are printed and acknowledged before we stop.
     while !stop.is_cancelled() && left != Some(0) {
-        let batch = match left {
+        let read = match left {
             // Never take more than will be printed: an entry delivered and not
             // printed would sit in this consumer's pending list.
-            Some(l) if l < batch_size as u64 => consumer.read(l as usize, Some(max_wait)).await?,
-            _ => consumer.next_batch().await?,
+            Some(l) if l < batch_size as u64 => Read::Upto(l as usize, Some(max_wait)),
+            _ => Read::Batch,
         };
-        if batch.is_empty() {
-            continue;
-        }
+        let batch = feed.read(read, &mut outage, &stop).await?;
         for entry in &batch {
             out.entry(entry)?;
         }
         out.flush()?;
-        let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-        consumer
-            .ack(&ids)
-            .await
-            .with_context(|| format!("{} entries were printed but not acknowledged", ids.len()))?;
+        feed.ack(&mut outage, &stop).await?;
         left = left.map(|l| l.saturating_sub(batch.len() as u64));
     }
     Ok(())
@@ -135,48 +262,299 @@ async fn consume_partitions(
 ) -> Result<()> {
     let batch_size = options.batch_size;
     let members = args.member;
-    let mut consumers = Vec::new();
+    let mut feeds = Vec::new();
     for (i, key) in partitions.keys().iter().enumerate() {
         if members.is_some_and(|(m, n)| i % n != m) {
             continue;
         }
-        let c = Consumer::new(client, key, &args.group, name, options.clone()).await?;
-        consumers.push((i, c));
+        let f = Feed::start(client, key, &args.group, name, options.clone()).await?;
+        feeds.push((i, f));
     }
-    let wait = (options.max_wait / consumers.len() as u32).max(Duration::from_millis(10));
-    tracing::info!(stream = %args.stream, partitions = consumers.len(), group = %args.group, consumer = %name, "consuming");
+    let wait = (options.max_wait / feeds.len() as u32).max(Duration::from_millis(10));
+    tracing::info!(stream = %args.stream, partitions = feeds.len(), group = %args.group, consumer = %name, "consuming");
 
     let (stop, _signals) = shutdown::on_signal();
+    // One outage for all partitions: they live on one Redis (or one cluster).
+    let mut outage = Outage::new(format!("consuming {:?}", args.stream));
     let mut out = Lines::stdout();
     let mut left = args.count;
     let mut idle = false;
     while !stop.is_cancelled() && left != Some(0) {
         let mut found = false;
-        for (i, consumer) in &mut consumers {
+        for (i, feed) in &mut feeds {
             if stop.is_cancelled() || left == Some(0) {
                 break;
             }
             // Never take more than will be printed (see `run`).
             let count = left.map_or(batch_size, |l| (l as usize).min(batch_size));
-            let batch = consumer.read(count, idle.then_some(wait)).await?;
-            if batch.is_empty() {
-                continue;
-            }
-            found = true;
+            let read = Read::Upto(count, idle.then_some(wait));
+            let batch = feed.read(read, &mut outage, &stop).await?;
+            found |= !batch.is_empty();
             for entry in &batch {
                 out.partition_entry(entry, &args.stream, *i)?;
             }
             out.flush()?;
-            let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-            consumer.ack(&ids).await.with_context(|| {
-                format!(
-                    "{} entries of partition {i} were printed but not acknowledged",
-                    ids.len()
-                )
-            })?;
+            feed.ack(&mut outage, &stop).await?;
             left = left.map(|l| l.saturating_sub(batch.len() as u64));
         }
         idle = !found;
     }
     Ok(())
+}
+
+/// How a [`Feed`] reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// [`Consumer::next_batch`]: up to `batch_size`, waiting up to `max_wait`
+    /// to fill it.
+    Batch,
+    /// [`Consumer::read`]: up to this many, as soon as any are there.
+    Upto(usize, Option<Duration>),
+}
+
+/// One stream (or partition) read through the group, across faults: what to
+/// print, and the acknowledgements of what was printed.
+struct Feed<'a> {
+    client: &'a Client,
+    stream: String,
+    group: &'a str,
+    name: &'a str,
+    options: ConsumerOptions,
+    /// `None` after a failure: the next read or acknowledgement builds a new
+    /// one on new connections (an old socket may be silently dead, and each
+    /// would cost a timeout to find out). A new consumer first re-reads the
+    /// entries delivered to this name and not acknowledged: among them, any
+    /// whose delivery reply was lost.
+    consumer: Option<Consumer>,
+    /// Entries printed (or passed over) whose acknowledgement is not confirmed.
+    /// One that is read again is acknowledged, not printed again.
+    unacked: Vec<EntryId>,
+    /// The highest id printed in this run.
+    printed_through: Option<EntryId>,
+    /// After the group was recreated from the start of the stream: entries up
+    /// to this id were printed before it vanished (or delivered to another
+    /// consumer of the old group), so they are acknowledged, not printed.
+    skip_through: Option<EntryId>,
+}
+
+impl<'a> Feed<'a> {
+    async fn start(
+        client: &'a Client,
+        stream: &str,
+        group: &'a str,
+        name: &'a str,
+        options: ConsumerOptions,
+    ) -> Result<Feed<'a>> {
+        let consumer = Consumer::new(client, stream, group, name, options.clone()).await?;
+        Ok(Feed {
+            client,
+            stream: stream.to_owned(),
+            group,
+            name,
+            options,
+            consumer: Some(consumer),
+            unacked: Vec::new(),
+            printed_through: None,
+            skip_through: None,
+        })
+    }
+
+    /// The entries to print from one read; none when the read failed in a way
+    /// that waiting mends (the wait is done here) or when stopped while
+    /// waiting. An error only for a permanent failure.
+    async fn read(
+        &mut self,
+        read: Read,
+        outage: &mut Outage,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Entry>> {
+        let Some(consumer) = self.consumer(outage, stop).await? else {
+            return Ok(Vec::new());
+        };
+        let got = match read {
+            Read::Batch => consumer.next_batch().await,
+            Read::Upto(count, block) => consumer.read(count, block).await,
+        };
+        match got {
+            Ok(entries) => {
+                outage.ok();
+                Ok(self.sort_out(entries))
+            }
+            Err(e) => {
+                self.failed(e, outage, stop).await?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Notes every entry read as to be acknowledged, and returns those not
+    /// printed before (see [`Feed::unacked`], [`Feed::skip_through`]).
+    fn sort_out(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
+        let mut print = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let again = self.unacked.contains(&entry.id)
+                || self.skip_through.is_some_and(|s| entry.id <= s);
+            if !self.unacked.contains(&entry.id) {
+                self.unacked.push(entry.id);
+            }
+            if again {
+                tracing::debug!(id = %entry.id, "read again; acknowledged without printing it again");
+                continue;
+            }
+            self.printed_through = self.printed_through.max(Some(entry.id));
+            print.push(entry);
+        }
+        print
+    }
+
+    /// Acknowledges everything printed (or passed over), retrying until it is
+    /// done. An error for a permanent failure, or when stopped while Redis
+    /// is away with acknowledgements outstanding.
+    async fn ack(&mut self, outage: &mut Outage, stop: &CancellationToken) -> Result<()> {
+        while !self.unacked.is_empty() {
+            if stop.is_cancelled() {
+                bail!(
+                    "stopped while Redis was unreachable: {} entries of {:?} were printed but not acknowledged; a consumer started with the same --consumer ({}) prints them again",
+                    self.unacked.len(),
+                    self.stream,
+                    self.name
+                );
+            }
+            let ids = self.unacked.clone();
+            let Some(consumer) = self.consumer(outage, stop).await? else {
+                continue;
+            };
+            match consumer.ack(&ids).await {
+                Ok(_) => {
+                    outage.ok();
+                    self.unacked.clear();
+                }
+                Err(e) => self.failed(e, outage, stop).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer, built anew after a failure; `None` when building it
+    /// failed in a way that waiting mends (the wait is done here).
+    async fn consumer(
+        &mut self,
+        outage: &mut Outage,
+        stop: &CancellationToken,
+    ) -> Result<Option<&mut Consumer>> {
+        if self.consumer.is_none() {
+            match self.rebuild().await {
+                Ok(c) => self.consumer = Some(c),
+                Err(e) => {
+                    self.failed(e, outage, stop).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(self.consumer.as_mut())
+    }
+
+    /// A new consumer on new connections. The group existed when consume
+    /// started: if it has to be created now, it vanished (Redis restarted
+    /// without persistence, or someone deleted it), and it is recreated from
+    /// the start of the stream, so that entries published since are not
+    /// skipped; those printed before are passed over ([`Feed::skip_through`]).
+    async fn rebuild(&mut self) -> streambus::Result<Consumer> {
+        let mut shared = self.client.connect().await?;
+        if self.options.create_group {
+            let created =
+                group::create_group(&mut shared, &self.stream, self.group, StartId::Beginning)
+                    .await?;
+            if created {
+                eprintln!(
+                    "warning: group {:?} of stream {:?} was gone (Redis restarted without persistence, or the group was deleted): recreated it from the start of the stream; entries printed before are not printed again",
+                    self.group, self.stream
+                );
+                self.skip_through = self.skip_through.max(self.printed_through);
+            }
+        }
+        let options = ConsumerOptions {
+            // Done just above, or not wanted.
+            create_group: false,
+            ..self.options.clone()
+        };
+        Consumer::with_shared(
+            self.client,
+            shared,
+            &self.stream,
+            self.group,
+            self.name,
+            options,
+        )
+        .await
+    }
+
+    /// After a failed request: a vanished group is recreated (unless
+    /// `--no-create`), a failure that waiting mends is waited out (the
+    /// consumer is rebuilt for the next attempt), anything else is returned.
+    async fn failed(
+        &mut self,
+        e: streambus::Error,
+        outage: &mut Outage,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        if e.kind() == ErrorKind::NoGroup {
+            if self.options.create_group {
+                // The next consumer recreates it (see `rebuild`).
+                self.consumer = None;
+                return Ok(());
+            }
+            return Err(anyhow::Error::from(e).context(format!(
+                "group {:?} of stream {:?} does not exist (or vanished: Redis restarted without persistence?), and --no-create forbids creating it",
+                self.group, self.stream
+            )));
+        }
+        if !e.is_retryable() {
+            return Err(e.into());
+        }
+        tracing::debug!(stream = %self.stream, error = %e, "request failed; retrying on a new connection");
+        self.consumer = None;
+        let delay = outage.failed(&e);
+        // Stopped meanwhile: the caller sees `stop` and ends.
+        let _ = pause(delay, stop).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_backoff_is_capped_at_two_seconds() {
+        assert_eq!(RETRY.delay(1), Duration::from_millis(50));
+        assert_eq!(RETRY.delay(2), Duration::from_millis(100));
+        assert_eq!(RETRY.delay(6), Duration::from_millis(1600));
+        assert_eq!(RETRY.delay(7), Duration::from_secs(2));
+        assert_eq!(RETRY.delay(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_and_ends_at_the_first_success() {
+        let mut o = Outage::new("test").quiet(true);
+        assert!(o.since().is_none());
+        let d1 = o.failed(&"down");
+        let since = o.since().expect("down");
+        let _ = o.failed(&"still down");
+        assert_eq!(
+            o.since(),
+            Some(since),
+            "the outage starts at the first failure"
+        );
+        assert!(d1 <= RETRY.delay(1));
+        for _ in 0..50 {
+            assert!(o.failed(&"down") <= RETRY.max);
+        }
+        o.ok();
+        assert!(o.since().is_none());
+        assert!(
+            o.failed(&"down again") <= RETRY.delay(1),
+            "the backoff starts over"
+        );
+    }
 }

@@ -27,6 +27,21 @@
 //! Ids are strings (`"1712345678901-0"`), ages and idle times milliseconds,
 //! absent values `null`.
 //!
+//! # Faults (`--watch`)
+//!
+//! The first snapshot must succeed. After it, a snapshot that fails is shown
+//! in place of the snapshot, and the next interval tries again (on a new
+//! connection if the old one failed: see `streambus::Connection`), so the
+//! screen recovers by itself when Redis is back. In text, `Redis unreachable
+//! for 3.2s: <error>` (or `error: <error>` for a failure that waiting does
+//! not mend, such as the stream deleted meanwhile); with `--json`, one line
+//! `{"stream", "error", "since", "down_ms"}`: `error` begins with
+//! `redis unreachable: ` when Redis could not be reached or did not answer,
+//! `since` is when the first failed snapshot of this outage was taken (ms
+//! since the Unix epoch), `down_ms` how long ago that was. Without a screen
+//! to redraw, stderr also gets one warning when the outage begins and one
+//! line when it ends.
+//!
 //! With `--cleanup --json`, the cleanup report instead: `dry_run`,
 //! `moved[]` (`from`, `to`, `count`), `deleted[]` (consumer names),
 //! `skipped[]` (`consumer`, `pending`, `reason`: `no_live_consumer`,
@@ -44,7 +59,7 @@
 //! document `{"stream", "partitions": [{"partition", "key", "report"}]}`.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use streambus::config::format_duration;
@@ -52,6 +67,7 @@ use streambus::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
 use streambus::partition::{self, PartitionedSnapshot, Partitions};
 use streambus::{Client, Connection, ErrorKind, Monitor, MonitorOptions, StreamSnapshot};
 
+use super::consume::{one_line, Outage};
 use crate::cli::MonitorArgs;
 use crate::output::{self, Lines};
 use crate::shutdown;
@@ -124,8 +140,8 @@ impl Source {
 /// A snapshot every `interval` until Ctrl-C or SIGTERM (then exit 0).
 ///
 /// The first snapshot must succeed (a missing stream or group is an error);
-/// a later failure (Redis restarting, the stream deleted meanwhile) is reported
-/// on stderr and the next interval tries again.
+/// a later failure (Redis away, the stream deleted meanwhile) is shown in the
+/// snapshot's place (see the module docs) and the next interval tries again.
 async fn watch(
     source: &mut Source,
     out: &mut Lines,
@@ -140,6 +156,11 @@ async fn watch(
     // A slow snapshot delays the next one instead of causing a burst.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown = 0u64;
+    // The screen says it when redrawing; otherwise stderr gets the
+    // beginning and the end of an outage.
+    let mut outage = Outage::new(format!("monitor {stream}"))
+        .every(interval)
+        .quiet(redraw);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -150,12 +171,24 @@ async fn watch(
             () = stop.cancelled() => return Ok(()),
             r = source.snapshot(stream) => r,
         };
-        let snap = match snap {
-            Ok(snap) => snap,
+        let shot = match snap {
+            Ok(snap) => {
+                outage.ok();
+                Shot::Snapshot(snap)
+            }
             Err(e) if shown == 0 => return Err(e),
             Err(e) => {
-                eprintln!("error: {}", crate::error_line(&e));
-                continue;
+                let error = crate::error_line(&e);
+                let unreachable = e
+                    .downcast_ref::<streambus::Error>()
+                    .is_some_and(streambus::Error::is_retryable);
+                if unreachable {
+                    // Its backoff is not used: the interval paces the retries.
+                    let _ = outage.failed(&error);
+                } else {
+                    eprintln!("error: {error}");
+                }
+                Shot::Failed { error, unreachable }
             }
         };
         if redraw {
@@ -166,10 +199,53 @@ async fn watch(
         } else if shown > 0 && !json {
             out.line("")?;
         }
-        print(out, &snap, json)?;
+        match &shot {
+            Shot::Snapshot(snap) => print(out, snap, json)?,
+            Shot::Failed { error, unreachable } => {
+                let since = outage.since();
+                let down = since.map_or(Duration::ZERO, |(at, _)| at.elapsed());
+                if json {
+                    let since_ms = since.and_then(|(_, wall)| {
+                        wall.duration_since(UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_millis() as u64)
+                    });
+                    let error = if *unreachable {
+                        format!("redis unreachable: {}", one_line(error))
+                    } else {
+                        error.clone()
+                    };
+                    out.json(&serde_json::json!({
+                        "stream": stream,
+                        "error": error,
+                        "since": since_ms,
+                        "down_ms": down.as_millis() as u64,
+                    }))?;
+                } else if *unreachable {
+                    out.line(format_args!(
+                        "Redis unreachable for {}: {error} (trying again every {})",
+                        format_duration(down),
+                        format_duration(interval)
+                    ))?;
+                } else {
+                    out.line(format_args!("error: {error}"))?;
+                }
+            }
+        }
         out.flush()?;
         shown += 1;
     }
+}
+
+/// What one interval shows: a snapshot, or why there is none.
+enum Shot {
+    Snapshot(Snapshot),
+    Failed {
+        /// The error on one line.
+        error: String,
+        /// Redis could not be reached or did not answer (a retryable error).
+        unreachable: bool,
+    },
 }
 
 fn print(out: &mut Lines, snap: &Snapshot, json: bool) -> std::io::Result<()> {

@@ -6,18 +6,32 @@
 //! exact within one); then, with `--follow`, one reader per partition (each on
 //! its own blocking connection), printed in order of arrival. Each line has a
 //! `partition` field.
+//!
+//! # Faults
+//!
+//! With `--follow`, tail outlives Redis being away: a read that fails in a way
+//! that waiting mends (no connection, no reply in time, a reset, Redis
+//! loading) is retried after the backoff of [`super::consume::RETRY`] (50 ms
+//! doubling to 2 s), on a new connection, from the last id printed: no gap
+//! and no duplicate. One warning goes to stderr when Redis goes away and one
+//! line when it is back. A permanent error (a wrong password, NOPERM, the key
+//! turned into something else) ends it. Without `--follow`, tail is one
+//! request and fails at once, like any one-shot command.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use streambus::backoff::Jitter;
 use streambus::group::require_stream;
 use streambus::partition::Partitions;
 use streambus::read::{last, last_id, read_after};
 use streambus::{Client, Entry, EntryId, ErrorKind, StartId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use super::consume::{pause, Outage, RETRY};
 use crate::cli::TailArgs;
 use crate::output::Lines;
 use crate::shutdown;
@@ -27,8 +41,11 @@ use crate::topology::Topology;
 const DEFAULT_COUNT: u64 = 10;
 /// Most entries one read returns while catching up.
 const PAGE: u64 = 1000;
-/// How long one XREAD of --follow blocks before it is issued again.
-const BLOCK: Duration = Duration::from_secs(5);
+/// How long one XREAD of --follow blocks before it is issued again. Its reply
+/// is given this plus the response timeout, so it also bounds how long a read
+/// on a connection that went silent takes to fail: short, so that tail is back
+/// within 10 s of the network healing (an XREAD every 2 s costs nothing).
+const BLOCK: Duration = Duration::from_secs(2);
 
 pub async fn run(client: &Client, args: TailArgs, topology: Option<&Topology>) -> Result<()> {
     if let Some(p) = super::partitions(args.partitions, topology, &args.stream)? {
@@ -70,14 +87,39 @@ pub async fn run(client: &Client, args: TailArgs, topology: Option<&Topology>) -
         Some(StartId::After(id)) => (id, args.count),
     };
 
+    // Only a following tail needs more than the default Ctrl-C (which ends
+    // a one-shot tail at once).
+    let (stop, _signals) = if args.follow {
+        let (stop, signals) = shutdown::on_signal();
+        (stop, Some(signals))
+    } else {
+        (CancellationToken::new(), None)
+    };
+    let mut outage = Outage::new(format!("following {stream:?}"));
     // Catch up with what is there now (only --from 0 / --from ID have any).
     if args.from.is_some() {
         loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
             let page = left.map_or(PAGE, |l| l.min(PAGE));
             if page == 0 {
                 return Ok(());
             }
-            let entries = read_after(&mut conn, stream, cursor, page as usize, None).await?;
+            let entries = match read_after(&mut conn, stream, cursor, page as usize, None).await {
+                Ok(entries) => {
+                    outage.ok();
+                    entries
+                }
+                // Following: wait Redis out, as below.
+                Err(e) if args.follow && e.is_retryable() => {
+                    if !pause(outage.failed(&e), &stop).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if entries.is_empty() {
                 break;
             }
@@ -93,17 +135,31 @@ pub async fn run(client: &Client, args: TailArgs, topology: Option<&Topology>) -
         return Ok(());
     }
 
-    let (stop, _signals) = shutdown::on_signal();
+    // It dials anew by itself after a failure (see `streambus::Connection`).
     let mut blocking = client.connect_blocking(BLOCK).await?;
     loop {
         let page = left.map_or(PAGE, |l| l.min(PAGE));
         if page == 0 {
             return Ok(());
         }
-        let entries = tokio::select! {
+        let read = tokio::select! {
             // Cancelling a plain XREAD loses nothing: no state changes on the server.
             () = stop.cancelled() => return Ok(()),
-            r = read_after(&mut blocking, stream, cursor, page as usize, Some(BLOCK)) => r?,
+            r = read_after(&mut blocking, stream, cursor, page as usize, Some(BLOCK)) => r,
+        };
+        let entries = match read {
+            Ok(entries) => {
+                outage.ok();
+                entries
+            }
+            // From `cursor` again: after the last entry printed.
+            Err(e) if e.is_retryable() => {
+                if !pause(outage.failed(&e), &stop).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         for entry in &entries {
             out.entry(entry)?;
@@ -211,7 +267,10 @@ async fn run_partitioned(client: &Client, args: TailArgs, partitions: Partitions
     }
 
     let (stop, _signals) = shutdown::on_signal();
-    // Bound: one batch per partition waiting to be printed; a reader waits
+    // One outage for all partitions; the readers wait it out themselves.
+    let mut outage = Outage::new(format!("following {stream:?}"));
+    let mut down = std::collections::BTreeSet::new();
+    // Bound: one message per partition waiting to be handled; a reader waits
     // for room before it reads again.
     let (tx, mut rx) = mpsc::channel(n);
     // Owned here: the readers are aborted when tail returns.
@@ -228,7 +287,7 @@ async fn run_partitioned(client: &Client, args: TailArgs, partitions: Partitions
     }
     drop(tx);
     loop {
-        let (i, entries) = tokio::select! {
+        let (i, news) = tokio::select! {
             // Cancelling a plain XREAD loses nothing: no state changes on the server.
             () = stop.cancelled() => return Ok(()),
             got = rx.recv() => match got {
@@ -236,7 +295,28 @@ async fn run_partitioned(client: &Client, args: TailArgs, partitions: Partitions
                 None => bail!("every partition reader stopped"),
             },
         };
-        let entries = entries.with_context(|| format!("following partition {i} of {stream}"))?;
+        let entries = match news {
+            News::Entries(entries) => entries,
+            News::Down(e) => {
+                if down.is_empty() {
+                    // The readers keep their own backoff.
+                    let _ = outage.failed(&e);
+                }
+                down.insert(i);
+                continue;
+            }
+            News::Up => {
+                down.remove(&i);
+                if down.is_empty() {
+                    outage.ok();
+                }
+                continue;
+            }
+            News::Failed(e) => {
+                return Err(anyhow::Error::from(e))
+                    .with_context(|| format!("following partition {i} of {stream}"))
+            }
+        };
         for entry in &entries {
             if left == Some(0) {
                 break;
@@ -251,25 +331,60 @@ async fn run_partitioned(client: &Client, args: TailArgs, partitions: Partitions
     }
 }
 
-/// Reads one partition after `cursor` and sends its batches (partition index,
-/// entries) until the receiver is gone; a failed read is sent, then it stops.
+/// What a partition reader tells the printing loop.
+enum News {
+    /// The next entries, after the last ones sent.
+    Entries(Vec<Entry>),
+    /// A read failed in a way that waiting mends; the reader retries.
+    Down(streambus::Error),
+    /// A read succeeded again after `Down`.
+    Up,
+    /// A permanent failure; the reader stopped.
+    Failed(streambus::Error),
+}
+
+/// Reads one partition after `cursor` and sends its batches until the
+/// receiver is gone. A read that fails in a way that waiting mends is retried
+/// after the backoff, from the same cursor (`Down` at the first failure, `Up`
+/// at the next success); a permanent failure is sent, then it stops.
 async fn follow_partition(
     mut conn: streambus::Connection,
     key: String,
     index: usize,
     mut cursor: EntryId,
-    tx: mpsc::Sender<(usize, streambus::Result<Vec<Entry>>)>,
+    tx: mpsc::Sender<(usize, News)>,
 ) {
+    let mut failures = 0u32;
+    let mut jitter = Jitter::new();
     loop {
-        let got = read_after(&mut conn, &key, cursor, PAGE as usize, Some(BLOCK)).await;
-        let failed = got.is_err();
-        if let Ok(entries) = &got {
-            if entries.is_empty() {
+        let news = match read_after(&mut conn, &key, cursor, PAGE as usize, Some(BLOCK)).await {
+            Ok(entries) => {
+                if failures > 0 {
+                    failures = 0;
+                    if tx.send((index, News::Up)).await.is_err() {
+                        return;
+                    }
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                cursor = entries.last().map_or(cursor, |e| e.id);
+                News::Entries(entries)
+            }
+            Err(e) if e.is_retryable() => {
+                failures = failures.saturating_add(1);
+                if failures == 1 && tx.send((index, News::Down(e))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(RETRY.delay_with_jitter(failures, jitter.next_unit())).await;
                 continue;
             }
-            cursor = entries.last().map_or(cursor, |e| e.id);
-        }
-        if tx.send((index, got)).await.is_err() || failed {
+            Err(e) => {
+                let _ = tx.send((index, News::Failed(e))).await;
+                return;
+            }
+        };
+        if tx.send((index, news)).await.is_err() {
             return;
         }
     }
