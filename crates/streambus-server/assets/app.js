@@ -13,6 +13,7 @@
   const SCALE_MS = 4000;         // /scale per group
   const DLQ_MS = 5000;           // dead letters
   const DLQ_ROWS = 20;           // dead letters shown per stream
+  const HEALTH_MS = 2000;        // /healthz (Redis reachable?)
 
   const $ = (id) => document.getElementById(id);
 
@@ -347,6 +348,37 @@
     $('dlq-empty').hidden = rows.length > 0;
   }
 
+  // ---- Redis health (banner) ----------------------------------------------------
+
+  // /healthz answers from the service's own watcher at once: 200 while Redis
+  // is reachable, 503 {"status":"redis_unreachable","since":ms,"error":kind}
+  // while it is not. The banner is text only (textContent), like everything.
+  function showBanner(text) {
+    const b = $('redis-banner');
+    if (text) { b.textContent = text; b.hidden = false; } else { b.hidden = true; b.textContent = ''; }
+  }
+
+  async function pollHealth() {
+    let r;
+    try {
+      r = await fetch('/healthz', { cache: 'no-store' });
+    } catch (_) {
+      showBanner('The streambus service does not answer; retrying\u2026');
+      return;
+    }
+    let h = null;
+    try { h = await r.json(); } catch (_) { /* not JSON */ }
+    if (r.ok) { showBanner(''); return; }
+    if (h && h.status === 'redis_unreachable') {
+      const since = typeof h.since === 'number' ? new Date(h.since).toLocaleTimeString() : '?';
+      const why = typeof h.error === 'string' ? ' (' + h.error + ')' : '';
+      showBanner('Redis unreachable since ' + since + why +
+        '. Live events resume where they stopped once it is back.');
+    } else {
+      showBanner('The streambus service reports a problem (' + r.status + ').');
+    }
+  }
+
   // ---- live feed (WebSocket) ---------------------------------------------------
 
   let ws = null;
@@ -387,6 +419,7 @@
       try { m = JSON.parse(ev.data); } catch (_) { return; }
       if (m && m.entry_id && m.stream) onEntry(m);
       else if (m && m.type === 'lagged') setConn('resyncing', 'pill-warn');
+      else if (m && m.type === 'reset' && typeof m.stream === 'string') onReset(m);
     };
     sock.onclose = (ev) => {
       if (ws !== sock) return;
@@ -394,7 +427,7 @@
       attempt++;
       // Backoff with jitter; a lagged cut-off resumes at once.
       const lagged = ev.code === 1008 || ev.code === 4000;
-      const base = lagged ? 100 : Math.min(10000, 500 * Math.pow(2, attempt - 1));
+      const base = lagged ? 100 : Math.min(5000, 500 * Math.pow(2, attempt - 1));
       const delay = base / 2 + Math.random() * base / 2;
       setConn(lagged ? 'resyncing' : 'reconnecting', lagged ? 'pill-warn' : 'pill-bad');
       retryTimer = setTimeout(() => { retryTimer = null; connect(false); }, delay);
@@ -417,6 +450,15 @@
     tr.appendChild(td(m.type || '', 'mono'));
     tr.appendChild(td(preview(m.data !== undefined ? m.data : m.fields), 'payload'));
     return tr;
+  }
+
+  // Redis lost data (restarted without persistence...): the stream's ids went
+  // back, and later entries come after m.after. Forget the last id seen, or
+  // they would be dropped as duplicates.
+  function onReset(m) {
+    const seq = m.partition === undefined ? m.stream : m.stream + '#' + m.partition;
+    if (typeof m.after === 'string' && m.after !== '0-0') lastSeen[seq] = m.after;
+    else delete lastSeen[seq];
   }
 
   function onEntry(m) {
@@ -494,5 +536,7 @@
   }
 
   loadToken();
+  pollHealth();
+  setInterval(pollHealth, HEALTH_MS);
   start();
 })();

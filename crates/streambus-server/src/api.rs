@@ -1,12 +1,11 @@
 //! The JSON API: streams, groups (the monitor), the scaler, dead letters,
 //! publishing, and the health check.
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -15,12 +14,9 @@ use streambus::monitor::{self, StreamSnapshot};
 use streambus::partition::{self, Partitions};
 use streambus::{dead_letter, scaler, ErrorKind, Message, MonitorOptions};
 
-use crate::error::{error_chain, ApiError};
+use crate::error::ApiError;
+use crate::health::RETRY_AFTER_SECS;
 use crate::state::AppState;
-
-/// How long `/healthz` waits for `PING`: a probe must answer quickly even when
-/// Redis hangs.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Dead letters listed when `count` is not given.
 const DEFAULT_DLQ_COUNT: usize = 50;
@@ -407,33 +403,41 @@ pub(crate) async fn publish(
         .into_response())
 }
 
-/// `GET /healthz`: 200 `{"redis":"ok"}` when Redis answers `PING` in time, 503
-/// `{"redis":"unreachable"}` otherwise. Never needs the token, and says
-/// nothing more: it is open to anyone.
+/// `GET /healthz`: Redis' health as the service's watcher last saw it (it
+/// pings every second; see `health`), answered at once without asking Redis.
+///
+/// - 200 `{"status":"ok","redis":"ok"}`
+/// - 503 `{"status":"redis_unreachable","redis":"unreachable","reason":"timeout"|"error",
+///   "error":KIND,"since":UNIX_MS,"down_for_ms":N}` with `Retry-After`, where
+///   KIND is the library's error kind (`connection`, `timeout`, `busy`, ...).
+///
+/// Never needs the token, and says nothing more (no addresses, no error
+/// text): it is open to anyone.
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    let mut conn = state.conn();
-    let ping = tokio::time::timeout(
-        HEALTH_TIMEOUT,
-        redis::cmd("PING").query_async::<()>(&mut conn),
-    )
-    .await;
-    match ping {
-        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "redis": "ok" }))).into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %error_chain(&e), "health check: Redis does not answer");
-            unhealthy("error")
-        }
-        Err(_) => {
-            tracing::warn!("health check: Redis did not answer PING within {HEALTH_TIMEOUT:?}");
-            unhealthy("timeout")
-        }
-    }
-}
-
-fn unhealthy(reason: &str) -> Response {
+    let Some(outage) = state.health().outage() else {
+        return (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "redis": "ok" })),
+        )
+            .into_response();
+    };
+    let reason = if outage.kind == ErrorKind::Timeout {
+        "timeout"
+    } else {
+        "error"
+    };
+    let body = json!({
+        "status": "redis_unreachable",
+        "redis": "unreachable",
+        "reason": reason,
+        "error": outage.kind.as_str(),
+        "since": outage.since_ms(),
+        "down_for_ms": outage.started.elapsed().as_millis() as u64,
+    });
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "redis": "unreachable", "reason": reason })),
+        [(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS))],
+        Json(body),
     )
         .into_response()
 }

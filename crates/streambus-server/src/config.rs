@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// Time allowed for open WebSockets to close after shutdown begins.
     pub shutdown_grace: Duration,
+    /// How long `POST /api/streams/{s}/messages` waits for Redis while it is
+    /// unreachable (the producer's `publish_timeout`) before it answers 503.
+    /// Short, because an HTTP client waits meanwhile; long enough to ride out
+    /// a blip. Default 5 s.
+    pub publish_timeout: Duration,
     /// What the monitor calls idle or overloaded (consumer statuses).
     pub monitor: MonitorOptions,
     /// The throughput advisor's rules (`/scale`).
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             relay_block: Duration::from_secs(2),
             max_streams: 64,
             shutdown_grace: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(5),
             monitor: MonitorOptions::default(),
             advisor: AdvisorConfig::default(),
             scale_out: DEFAULT_SCALE_OUT,

@@ -4,11 +4,28 @@
 //! show internals (key names, Redis replies, addresses): the detail is logged
 //! once, here, with a short error id, and the response carries only a generic
 //! message and that id, so an operator can find the log line.
+//!
+//! **While Redis is unreachable** (the library's `Connection`, `Timeout`,
+//! `Busy`, `Unavailable` and `Unconfirmed` kinds) a route answers 503 with a
+//! `Retry-After` header and a machine-readable `reason`:
+//!
+//! | reason | when | what the client should do |
+//! |---|---|---|
+//! | `redis_unreachable` | no connection, or no reply in time; nothing was done | retry after `Retry-After` |
+//! | `redis_busy` | Redis is loading its data or busy | retry after `Retry-After` |
+//! | `publish_unconfirmed` | a publish was sent but not confirmed: it may or may not be in the stream | look for its envelope `id` before publishing again |
+//!
+//! ```json
+//! {"error": "Redis is unreachable; try again later", "reason": "redis_unreachable", "error_id": "..."}
+//! ```
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use streambus::ErrorKind;
+
+use crate::health::{is_unreachable, RETRY_AFTER_SECS};
 
 /// An error a route returns.
 #[derive(Debug)]
@@ -18,6 +35,12 @@ pub struct ApiError {
     message: String,
     /// For 5xx: the detail to log (never sent).
     detail: Option<String>,
+    /// Why Redis could not serve the request (`redis_unreachable`, ...), sent
+    /// as `reason` with a `Retry-After` header.
+    unavailable: Option<&'static str>,
+    /// The envelope id of a publish that failed, so that the client can tell
+    /// whether an unconfirmed one was written.
+    envelope_id: Option<String>,
 }
 
 impl ApiError {
@@ -27,6 +50,8 @@ impl ApiError {
             status,
             message: message.into(),
             detail: None,
+            unavailable: None,
+            envelope_id: None,
         }
     }
 
@@ -57,6 +82,31 @@ impl ApiError {
                 _ => "internal error".into(),
             },
             detail: Some(detail.into()),
+            unavailable: None,
+            envelope_id: None,
+        }
+    }
+
+    /// 503 because Redis is unreachable (or did not confirm a publish), with
+    /// `reason` and `Retry-After`; `detail` is logged, never sent.
+    fn redis_unavailable(e: &streambus::Error) -> Self {
+        let (reason, message) = match e.kind() {
+            ErrorKind::Busy => ("redis_busy", "Redis is busy (loading its data?); try again later"),
+            ErrorKind::Unconfirmed => (
+                "publish_unconfirmed",
+                "the message was sent but Redis did not confirm it: it may or may not be in the stream; look for its id before publishing it again",
+            ),
+            _ => ("redis_unreachable", "Redis is unreachable; try again later"),
+        };
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            detail: Some(error_chain(e)),
+            unavailable: Some(reason),
+            envelope_id: e
+                .unpublished()
+                .and_then(|m| m.envelope_id())
+                .map(str::to_owned),
         }
     }
 
@@ -68,16 +118,15 @@ impl ApiError {
 
 impl From<streambus::Error> for ApiError {
     /// Maps the library's error kinds: names that do not exist are 404, bad
-    /// input 400, an oversized payload 413, Redis trouble 503, the rest 500.
+    /// input 400, an oversized payload 413, Redis unreachable 503 (with
+    /// `reason` and `Retry-After`), the rest 500.
     fn from(e: streambus::Error) -> Self {
         match e.kind() {
             ErrorKind::NoStream | ErrorKind::NoGroup => ApiError::not_found(e.message()),
             ErrorKind::InvalidInput | ErrorKind::Decode => ApiError::bad_request(e.message()),
             ErrorKind::WrongType => ApiError::not_found(e.message()),
             ErrorKind::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.message()),
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Busy => {
-                ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, error_chain(&e))
-            }
+            kind if is_unreachable(kind) => ApiError::redis_unavailable(&e),
             _ => ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, error_chain(&e)),
         }
     }
@@ -97,16 +146,33 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.detail {
+        let mut body = match self.detail {
             Some(detail) => {
                 // Short and unguessable enough to find one log line; not a secret.
                 let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-                tracing::error!(error_id = %id, status = self.status.as_u16(), "{detail}");
+                if self.unavailable.is_some() {
+                    // Expected while Redis is away; the health watcher logs
+                    // the outage itself once, at warn.
+                    tracing::debug!(error_id = %id, status = self.status.as_u16(), "{detail}");
+                } else {
+                    tracing::error!(error_id = %id, status = self.status.as_u16(), "{detail}");
+                }
                 serde_json::json!({ "error": self.message, "error_id": id })
             }
             None => serde_json::json!({ "error": self.message }),
         };
-        (self.status, Json(body)).into_response()
+        if let Some(reason) = self.unavailable {
+            body["reason"] = reason.into();
+        }
+        if let Some(id) = &self.envelope_id {
+            body["id"] = id.as_str().into();
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.unavailable.is_some() {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
     }
 }
 
@@ -124,5 +190,26 @@ mod tests {
         assert_eq!(e.message, "internal error");
         let e = ApiError::from(streambus::Error::new(ErrorKind::NoGroup, "no group g"));
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn unreachable_redis_is_503_with_a_reason_and_retry_after() {
+        for (kind, reason) in [
+            (ErrorKind::Connection, "redis_unreachable"),
+            (ErrorKind::Timeout, "redis_unreachable"),
+            (ErrorKind::Unavailable, "redis_unreachable"),
+            (ErrorKind::Busy, "redis_busy"),
+            (ErrorKind::Unconfirmed, "publish_unconfirmed"),
+        ] {
+            let e = ApiError::from(streambus::Error::new(kind, "at 10.1.2.3:6379"));
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{kind:?}");
+            assert_eq!(e.unavailable, Some(reason), "{kind:?}");
+            assert!(!e.message.contains("10.1.2.3"), "{}", e.message);
+            let resp = e.into_response();
+            assert_eq!(resp.headers()[RETRY_AFTER], "2");
+        }
+        let e = ApiError::from(streambus::Error::new(ErrorKind::Auth, "WRONGPASS"));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.into_response().headers().get(RETRY_AFTER).is_none());
     }
 }

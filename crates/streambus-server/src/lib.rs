@@ -28,7 +28,7 @@
 //! | route | auth | what |
 //! |---|---|---|
 //! | `GET /` , `/app.js`, `/app.css` | no | the dashboard |
-//! | `GET /healthz` | no | `{"redis":"ok"}` or 503 |
+//! | `GET /healthz` | no | `{"status":"ok","redis":"ok"}`, or 503 `{"status":"redis_unreachable",...}` |
 //! | `GET /ws?streams=S1,S2[&from=ID]` | yes | live entries as JSON text messages |
 //! | `GET /api/streams` | yes | streams, groups, lag, pending, dead-letter counts |
 //! | `GET /api/streams/{s}/groups/{g}` | yes | the monitor snapshot of a group |
@@ -36,6 +36,18 @@
 //! | `GET /api/streams/{s}/dlq?count=N` | yes | dead letters |
 //! | `POST /api/streams/{s}/messages` | yes | publish the JSON body |
 //! | `GET /metrics` | yes | Prometheus text |
+//!
+//! # Faults
+//!
+//! The service keeps running while Redis is unreachable (a silent network,
+//! resets, a restart). A health watcher pings Redis every second: `/healthz`
+//! then answers 503 `{"status":"redis_unreachable",...}`, the dashboard shows
+//! a "Redis unreachable" banner, `streambus_redis_up` is 0, and the API answers
+//! 503 with a `reason` and `Retry-After`. WebSocket clients stay connected;
+//! each relay reader retries (50 ms doubling to 2 s, with jitter) and resumes
+//! after the last id it relayed: no gap, no duplicate. With the default
+//! timeouts everything works again within 10 s of Redis being reachable.
+//! Started without Redis, the service exits with an error.
 //!
 //! # Layout
 //!
@@ -47,6 +59,8 @@
 //! - [`auth`]: bearer token, constant-time comparison.
 //! - [`security`]: security headers (CSP) on every response.
 //! - `dashboard` and `assets/`: the page.
+//! - `health`: whether Redis is reachable (one watcher task), for `/healthz`,
+//!   the dashboard's banner and `streambus_redis_up`.
 //! - [`metrics`]: the Prometheus exporter and the service's own metrics.
 //! - [`error`]: [`ApiError`], JSON errors that never leak internals.
 
@@ -59,6 +73,7 @@ pub mod auth;
 pub mod config;
 mod dashboard;
 pub mod error;
+mod health;
 pub mod metrics;
 mod relay;
 pub mod security;

@@ -10,6 +10,11 @@
 //! | `streambus_server_ws_clients` | gauge | | WebSocket clients connected |
 //! | `streambus_server_ws_cut_off_total` | counter | reason (`lagged`, `stalled`) | clients disconnected for being too slow |
 //! | `streambus_server_relayed_total` | counter | stream | entries read by the relay |
+//! | `streambus_redis_up` | gauge | | 1 while the service's health watcher reaches Redis, 0 while it does not |
+//!
+//! The library's `streambus_reconnects_total` (sockets to Redis replaced after
+//! one failed) is shown from the start, at 0, so that a rate over it works
+//! before the first reconnect.
 
 use std::sync::OnceLock;
 
@@ -27,6 +32,8 @@ pub const WS_CLIENTS: &str = "streambus_server_ws_clients";
 pub const WS_CUT_OFF: &str = "streambus_server_ws_cut_off_total";
 /// Counter: entries read by the relay.
 pub const RELAYED: &str = "streambus_server_relayed_total";
+/// Gauge: 1 while Redis answers the health watcher, 0 while it does not.
+pub const REDIS_UP: &str = "streambus_redis_up";
 
 /// Installs the Prometheus recorder for the process, once; later calls (a second
 /// [`AppState`] in the same process, as in tests) get the same handle.
@@ -56,8 +63,21 @@ fn describe() {
     metrics::describe_gauge!(WS_CLIENTS, "WebSocket clients connected");
     metrics::describe_counter!(WS_CUT_OFF, "WebSocket clients cut off for being too slow");
     metrics::describe_counter!(RELAYED, "Entries read by the relay");
+    metrics::describe_gauge!(
+        REDIS_UP,
+        "1 while the service reaches Redis (health watcher), 0 while it does not"
+    );
     // Present from the start, so that a scrape always shows the service.
     metrics::gauge!(WS_CLIENTS).set(0.0);
+    // The state has just connected (it fails otherwise).
+    metrics::gauge!(REDIS_UP).set(1.0);
+    // Registered at 0; the library counts each reconnect.
+    metrics::counter!(streambus::metrics::RECONNECTS).increment(0);
+}
+
+/// Sets the Redis-up gauge.
+pub(crate) fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts entries the relay read from `stream`.

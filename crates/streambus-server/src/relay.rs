@@ -25,6 +25,22 @@
 //!   [`ServerConfig::ws_send_timeout`] (a client that stopped reading) drops the
 //!   connection. Either way it never slows other clients, and memory stays
 //!   bounded by the channel capacity.
+//! - **Faults.** A reader whose read fails (a timeout, a reset, Redis
+//!   restarting) retries with backoff ([`READ_BACKOFF`]: 50 ms doubling to 2 s,
+//!   with jitter) on the same [`Connection`], which dials a new socket after a
+//!   failed one, and reads again after the last id it relayed: clients stay
+//!   connected and see no gap and no duplicate. With the default timeouts a
+//!   reader reads again at most about 8 s after the network heals (a read or
+//!   dial in flight on a dead path fails after at most 6 s, then one backoff of
+//!   at most 2 s). If, after a failure, the stream's newest id is below the
+//!   last one relayed (Redis restarted without persistence, or from an older
+//!   copy, or a replica that was behind took over), the reader logs a warning,
+//!   tells each client `{"type":"reset","stream":S,"after":ID,"reason":...}`
+//!   and continues after `ID`: the newest entry it remembers relaying (of its
+//!   last 256), so that only entries it never sent follow; `0-0` when it
+//!   relayed none of them (Redis restarted empty), so that entries written
+//!   since are relayed, not skipped.
+//!   A replay (`from=`) that fails is retried the same way.
 //! - **Shutdown** sends a close frame (1001, `server shutting down`).
 //! - **Partitioned streams** ([`ServerConfig::partitions`]): one reader per
 //!   partition (a read cannot span slots on a cluster), each with its own
@@ -77,12 +93,24 @@ const MAX_STREAMS_PER_CLIENT: usize = 32;
 /// Time allowed for the final message and close frame to a departing client.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Delay before a reader (or a replay) tries again after a failure: short at
+/// first, so that a reset costs next to nothing, capped low, so that the
+/// relay is back soon after Redis is.
+const READ_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    factor: 2.0,
+    max: Duration::from_secs(2),
+};
+
 /// One entry as relayed: its id (to skip duplicates after a replay) and its
 /// JSON text, built once and shared by every client (cheap to clone).
 #[derive(Clone, Debug)]
 pub(crate) struct RelayEvent {
     id: EntryId,
     text: Utf8Bytes,
+    /// A `reset` notice, not an entry: the stream's ids went backwards, and
+    /// the client continues after `id` (see the module docs).
+    reset: bool,
 }
 
 impl RelayEvent {
@@ -96,6 +124,27 @@ impl RelayEvent {
         RelayEvent {
             id: entry.id,
             text: v.to_string().into(),
+            reset: false,
+        }
+    }
+
+    /// The notice that the reader of a stream continues after `after`, below
+    /// what it relayed before.
+    fn reset(stream: &str, label: Option<&Label>, after: EntryId, reason: &str) -> Self {
+        let mut v = serde_json::json!({
+            "type": "reset",
+            "stream": stream,
+            "after": after.to_string(),
+            "reason": reason,
+        });
+        if let Some((logical, index)) = label {
+            v["stream"] = (&**logical).into();
+            v["partition"] = (*index).into();
+        }
+        RelayEvent {
+            id: after,
+            text: v.to_string().into(),
+            reset: true,
         }
     }
 }
@@ -283,6 +332,48 @@ fn current(position: &Mutex<EntryId>) -> EntryId {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Ids a reader remembers having relayed, to tell after Redis lost data
+/// which of the stream's entries are old (relayed before) and which are new.
+const RECENT_IDS: usize = 256;
+
+/// The last [`RECENT_IDS`] ids a reader relayed, oldest first.
+type RecentIds = std::collections::VecDeque<EntryId>;
+
+/// Where to resume after the stream's ids went backwards. `tail`: the
+/// stream's newest entries (at most `limit`, oldest first), all below the
+/// last id relayed.
+///
+/// The newest of them that this reader relayed marks the end of the old data
+/// (Redis came back from an older copy): resume after it. Entries after it
+/// are new. If none was relayed, they are all new (Redis restarted empty and
+/// they were written since): resume from `0-0`, or, when the tail is only the
+/// last `limit` entries of a longer stream, from just before the tail, so
+/// that at most `limit` entries of unknown age are sent.
+fn resume_point(tail: &[EntryId], limit: usize, recent: &RecentIds) -> EntryId {
+    if let Some(seen) = tail.iter().rev().find(|id| recent.contains(id)) {
+        return *seen;
+    }
+    match tail.first() {
+        Some(oldest) if tail.len() >= limit => just_before(*oldest),
+        _ => EntryId::ZERO,
+    }
+}
+
+/// The largest id below `id`.
+fn just_before(id: EntryId) -> EntryId {
+    match id.seq {
+        0 if id.ms == 0 => EntryId::ZERO,
+        0 => EntryId {
+            ms: id.ms - 1,
+            seq: u64::MAX,
+        },
+        seq => EntryId {
+            ms: id.ms,
+            seq: seq - 1,
+        },
+    }
+}
+
 /// The task that reads one stream and broadcasts its entries.
 struct Reader {
     stream: Arc<str>,
@@ -303,11 +394,13 @@ struct Reader {
 
 impl Reader {
     async fn run(self) {
-        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut jitter = streambus::backoff::Jitter::new();
+        // Failed attempts in a row, and when the first of them failed.
         let mut failures = 0u32;
+        let mut failing_since = std::time::Instant::now();
         let mut conn: Option<Connection> = None;
         let mut after = current(&self.position);
+        let mut recent = RecentIds::with_capacity(RECENT_IDS);
         loop {
             if self.shutdown.is_cancelled() || self.stop_if_unused() {
                 return;
@@ -317,27 +410,45 @@ impl Reader {
                 None => match self.client.connect_blocking(self.block).await {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
-                        failures += 1;
-                        tracing::warn!(stream = %self.stream, error = %error_chain(&e), "relay reader cannot connect to Redis; retrying");
-                        self.pause(backoff.delay_with_jitter(failures, jitter.next_unit()))
+                        self.failed(&e, after, &mut failures, &mut failing_since);
+                        self.pause(READ_BACKOFF.delay_with_jitter(failures, jitter.next_unit()))
                             .await;
                         continue;
                     }
                 },
             };
+            // The connection replaces a failed socket by itself; after a
+            // failure, first check that the stream did not go backwards.
+            let read = async {
+                if failures > 0 {
+                    self.check_rewind(c, &mut after, &recent).await?;
+                }
+                streambus::read::read_after(c, &self.stream, after, self.count, Some(self.block))
+                    .await
+            };
             let read = tokio::select! {
-                r = streambus::read::read_after(c, &self.stream, after, self.count, Some(self.block)) => r,
+                r = read => r,
                 _ = self.shutdown.cancelled() => return,
             };
             match read {
                 Ok(entries) => {
-                    failures = 0;
+                    if failures > 0 {
+                        tracing::info!(
+                            stream = %self.stream,
+                            %after,
+                            failures,
+                            down_for = ?failing_since.elapsed(),
+                            "relay reader reads again, after the last id it relayed"
+                        );
+                        failures = 0;
+                    }
                     for e in &entries {
                         after = e.id;
-                        *self
-                            .position
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner()) = after;
+                        self.set_position(after);
+                        if recent.len() == RECENT_IDS {
+                            recent.pop_front();
+                        }
+                        recent.push_back(after);
                         // Err means no client right now: nothing to deliver.
                         let _ = self.tx.send(RelayEvent::of(e, self.label.as_ref()));
                     }
@@ -346,18 +457,85 @@ impl Reader {
                     }
                 }
                 Err(e) => {
-                    failures += 1;
-                    tracing::warn!(stream = %self.stream, error = %error_chain(&e), "relay read failed; retrying");
-                    if failures > 2 {
-                        // The connection manager reconnects by itself; a fresh
-                        // connection is the last resort.
-                        conn = None;
-                    }
-                    self.pause(backoff.delay_with_jitter(failures, jitter.next_unit()))
+                    self.failed(&e, after, &mut failures, &mut failing_since);
+                    self.pause(READ_BACKOFF.delay_with_jitter(failures, jitter.next_unit()))
                         .await;
                 }
             }
         }
+    }
+
+    /// Counts a failed attempt; logs the first of a run at warn, the rest at
+    /// debug (an outage is logged once, not every two seconds).
+    fn failed(
+        &self,
+        e: &streambus::Error,
+        after: EntryId,
+        failures: &mut u32,
+        since: &mut std::time::Instant,
+    ) {
+        if *failures == 0 {
+            *since = std::time::Instant::now();
+            tracing::warn!(stream = %self.stream, %after, error = %error_chain(e), "relay read failed; retrying, to resume after the last id relayed");
+        } else {
+            tracing::debug!(stream = %self.stream, %after, attempt = *failures + 1, error = %error_chain(e), "relay read failed again; retrying");
+        }
+        *failures = failures.saturating_add(1);
+    }
+
+    /// After a failure: if the stream's newest id is now below `after` (Redis
+    /// lost data), moves `after` back to where the data this reader has not
+    /// relayed begins (see [`resume_point`]), so that entries written since
+    /// are not skipped, and tells the clients.
+    async fn check_rewind(
+        &self,
+        c: &mut Connection,
+        after: &mut EntryId,
+        recent: &RecentIds,
+    ) -> streambus::Result<()> {
+        if *after == EntryId::ZERO {
+            return Ok(());
+        }
+        let newest = streambus::read::last_id(c, &self.stream).await?;
+        let (to, reason) = match newest {
+            Some(id) if id >= *after => return Ok(()),
+            None => (EntryId::ZERO, "stream_emptied"),
+            Some(_) => {
+                let tail: Vec<EntryId> = streambus::read::last(c, &self.stream, RECENT_IDS)
+                    .await?
+                    .iter()
+                    .map(|e| e.id)
+                    .collect();
+                (
+                    resume_point(&tail, RECENT_IDS, recent),
+                    "stream_went_backwards",
+                )
+            }
+        };
+        tracing::warn!(
+            stream = %self.stream,
+            relayed_up_to = %after,
+            newest = %newest.map_or_else(|| "none (empty or missing)".to_owned(), |id| id.to_string()),
+            resume_after = %to,
+            "the stream's newest entry id is below the last one relayed: Redis lost data (restarted without persistence or from an older copy, or a replica that was behind took over); relaying the entries after {to}, and telling clients so"
+        );
+        *after = to;
+        self.set_position(to);
+        // Err means no client right now: nobody to tell.
+        let _ = self.tx.send(RelayEvent::reset(
+            &self.stream,
+            self.label.as_ref(),
+            to,
+            reason,
+        ));
+        Ok(())
+    }
+
+    fn set_position(&self, id: EntryId) {
+        *self
+            .position
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = id;
     }
 
     async fn pause(&self, d: Duration) {
@@ -627,6 +805,8 @@ async fn replay(
     shutdown: &CancellationToken,
 ) -> Option<End> {
     let mut conn = state.conn();
+    let mut jitter = streambus::backoff::Jitter::new();
+    let mut failures = 0u32;
     loop {
         if shutdown.is_cancelled() {
             return Some(End::Shutdown);
@@ -640,11 +820,24 @@ async fn replay(
         .await
         {
             Ok(p) => p,
+            Err(e) if e.is_retryable() => {
+                if failures == 0 {
+                    tracing::warn!(stream = %sub.stream, after = %sub.last_sent, error = %error_chain(&e), "replay failed; retrying");
+                }
+                failures = failures.saturating_add(1);
+                let delay = READ_BACKOFF.delay_with_jitter(failures, jitter.next_unit());
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Some(End::Shutdown),
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(stream = %sub.stream, error = %error_chain(&e), "replay failed; closing the client");
                 return Some(End::Gone);
             }
         };
+        failures = 0;
         let n = page.len();
         let label = sub.label.as_ref();
         let batch: Vec<RelayEvent> = page.iter().map(|e| RelayEvent::of(e, label)).collect();
@@ -669,6 +862,13 @@ async fn send_batch(
     let mut last = sub.last_sent;
     let write = async {
         for ev in events {
+            if ev.reset {
+                // The stream's ids went backwards: later entries are after
+                // `ev.id`, below what this client was sent.
+                sink.feed(Message::Text(ev.text)).await?;
+                last = ev.id;
+                continue;
+            }
             if ev.id <= last {
                 continue;
             }
@@ -753,6 +953,33 @@ async fn next_event(subs: &mut [Subscription]) -> (Result<RelayEvent, RecvError>
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId { ms, seq: 0 }
+    }
+
+    #[test]
+    fn resume_point_after_redis_lost_data() {
+        let recent: RecentIds = [id(5), id(6), id(7), id(8)].into();
+        // An older copy: 5 and 6 were relayed, 20 and 21 are new. (7 and 8
+        // were lost with the data.)
+        assert_eq!(resume_point(&[id(4), id(5), id(6)], 10, &recent), id(6));
+        // Restarted empty, then written: all new.
+        assert_eq!(resume_point(&[id(1), id(2)], 10, &recent), EntryId::ZERO);
+        // A long stream of unknown entries: at most the tail is sent.
+        assert_eq!(
+            resume_point(&[id(1), id(2)], 2, &recent),
+            EntryId {
+                ms: 0,
+                seq: u64::MAX
+            }
+        );
+        assert_eq!(
+            just_before(EntryId { ms: 3, seq: 2 }),
+            EntryId { ms: 3, seq: 1 }
+        );
+        assert_eq!(just_before(EntryId::ZERO), EntryId::ZERO);
+    }
 
     #[test]
     fn origin_rules() {

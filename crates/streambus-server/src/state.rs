@@ -12,10 +12,11 @@ use streambus::partition::{PartitionedProducer, Partitions};
 use streambus::{Advice, Advisor, Client, Connection, Producer, ProducerOptions, Sample};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
+use crate::health::RedisHealth;
 use crate::relay::Relay;
 
 /// Most (stream, group) pairs whose scaler history is kept; beyond it the pair
@@ -58,6 +59,10 @@ struct Inner {
     /// Every WebSocket client task, so that shutdown can wait for their close
     /// frames to go out.
     clients: TaskTracker,
+    /// Whether Redis is reachable, as the health watcher last saw it.
+    health: RedisHealth,
+    /// The health watcher; aborted when the state is dropped.
+    _watcher: AbortOnDropHandle<()>,
 }
 
 /// The scaler's memory for one group.
@@ -90,6 +95,8 @@ impl AppState {
             ProducerOptions {
                 // The envelope adds an id and a timestamp to the body.
                 max_message_bytes: config.max_body_bytes + 256,
+                // An HTTP request waits this long for Redis, then gets 503.
+                publish_timeout: config.publish_timeout,
                 ..Default::default()
             },
         );
@@ -112,6 +119,13 @@ impl AppState {
             }
         }
         let ws_slots = Arc::new(Semaphore::new(config.max_ws_clients));
+        let health = RedisHealth::default();
+        // Owned by the state (aborted on drop); also stops at shutdown.
+        let watcher = AbortOnDropHandle::new(tokio::spawn(health.clone().watch(
+            conn.clone(),
+            client.options().clone(),
+            shutdown.clone(),
+        )));
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -125,6 +139,8 @@ impl AppState {
                 ws_slots,
                 shutdown,
                 clients: TaskTracker::new(),
+                health,
+                _watcher: watcher,
             }),
         })
     }
@@ -197,6 +213,10 @@ impl AppState {
 
     pub(crate) fn clients(&self) -> &TaskTracker {
         &self.inner.clients
+    }
+
+    pub(crate) fn health(&self) -> &RedisHealth {
+        &self.inner.health
     }
 
     /// Checks a stream name from a request: 400 when it is not a valid name, 404

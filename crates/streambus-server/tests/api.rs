@@ -70,7 +70,10 @@ async fn auth_is_required_except_for_health_and_the_page() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = call(&st, get("/healthz", None)).await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(json(r).await, serde_json::json!({"redis": "ok"}));
+    assert_eq!(
+        json(r).await,
+        serde_json::json!({"status": "ok", "redis": "ok"})
+    );
     for path in ["/", "/app.js", "/app.css"] {
         let r = call(&st, get(path, None)).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");

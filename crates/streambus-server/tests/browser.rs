@@ -404,6 +404,124 @@ async fn dashboard_shows_live_events_as_text_in_chromium() {
     eprintln!("dashboard screenshot: {}", path.display());
 }
 
+/// Opens `url` in a new page of `browser`, with a DevTools session on it.
+async fn open_page(browser: &Browser, url: &str) -> Cdp {
+    let mut cdp = Cdp::connect(&browser.ws_url).await;
+    let target = cdp
+        .call("Target.createTarget", json!({ "url": "about:blank" }))
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        )
+        .await;
+    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    cdp.call("Page.enable", json!({})).await;
+    cdp.call("Runtime.enable", json!({})).await;
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1440, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp
+}
+
+/// Polls the page's expression `expr` until it equals `want`.
+async fn wait_for(cdp: &mut Cdp, expr: &str, want: Value, what: &str) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let v = cdp.eval(expr).await;
+        if v == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < LIMIT, "{what}: {expr} is {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// While Redis is unreachable the page shows a "Redis unreachable" banner
+/// (the service's `/healthz`, polled every 2 s), and removes it on recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_banner_while_redis_is_unreachable() {
+    if !Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but {CHROMIUM} is missing: .ci/run installs it"
+        );
+        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium); the banner browser test did not run");
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = streambus_testkit::FaultProxy::start(std::net::SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        redis.port(),
+    )))
+    .await
+    .unwrap();
+    let s = stream("banner");
+    let client = streambus::Client::open_with(
+        &proxy.url(),
+        streambus::ConnectOptions {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let st = streambus_server::AppState::new(config(&[&s]), client)
+        .await
+        .unwrap();
+    let srv = RunningServer::start(st).await;
+    let browser = Browser::launch().await;
+    let url = format!("http://{}/#token={TOKEN}", srv.addr);
+    let mut cdp = open_page(&browser, &url).await;
+    let conn = "(document.getElementById('conn') || {}).textContent || ''";
+    wait_for(&mut cdp, conn, json!("live"), "the page goes live").await;
+    let banner_shown = "(function(){ const b = document.getElementById('redis-banner'); \
+        return !!b && !b.hidden && b.getBoundingClientRect().height > 0 && b.textContent; })()";
+    assert_eq!(
+        cdp.eval(banner_shown).await,
+        false,
+        "no banner while Redis is up"
+    );
+
+    // Redis unreachable: open connections cut, new ones refused.
+    proxy.refuse();
+    proxy.reset_all();
+    let start = std::time::Instant::now();
+    loop {
+        let v = cdp.eval(banner_shown).await;
+        if let Some(text) = v.as_str() {
+            assert!(text.starts_with("Redis unreachable since "), "{text}");
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "no banner: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "banner shown {:?} after Redis became unreachable",
+        start.elapsed()
+    );
+    // Text, not markup: the banner has no child elements.
+    assert_eq!(
+        cdp.eval("document.getElementById('redis-banner').children.length")
+            .await,
+        0
+    );
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({ "format": "png" }))
+        .await;
+    let path = target_dir().join("dashboard-redis-unreachable.png");
+    std::fs::write(&path, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    proxy.pass_through();
+    let gone = wait_for(&mut cdp, banner_shown, json!(false), "the banner goes away").await;
+    eprintln!("banner removed {gone:?} after Redis became reachable");
+}
+
 #[test]
 fn base64_decodes() {
     assert_eq!(base64_decode("aGVsbG8="), b"hello");
