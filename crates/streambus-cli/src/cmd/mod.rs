@@ -58,7 +58,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(url) => (open(&url)?, None),
                 None => {
                     let server = start_embedded("")?;
-                    (Client::open(&server.url())?, Some(server))
+                    (
+                        Client::open_with(&server.url(), options.clone())?,
+                        Some(server),
+                    )
                 }
             };
             return demo::run(&client, args, topology.as_ref()).await;
@@ -107,10 +110,16 @@ fn serve_redis(
     let probe = embedded::probe_addr();
     if embedded::answers(probe) {
         eprintln!("no Redis given: using the one on {probe}");
-        return Ok((Client::open(&format!("redis://{probe}"))?, None));
+        return Ok((
+            Client::open_with(&format!("redis://{probe}"), options.clone())?,
+            None,
+        ));
     }
     let server = start_embedded(&format!(" and none on {probe}"))?;
-    Ok((Client::open(&server.url())?, Some(server)))
+    Ok((
+        Client::open_with(&server.url(), options.clone())?,
+        Some(server),
+    ))
 }
 
 /// The partitions of `stream`: `--partitions`, else the topology file's

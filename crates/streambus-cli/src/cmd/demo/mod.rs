@@ -4,11 +4,16 @@
 //! Sensors publish security and CPS alerts at `--rate`; five consumer groups
 //! process them ([`pipeline`]); one alert-processor worker is killed mid-run
 //! (zero grace: its in-flight alerts stay pending) and restarted under the same
-//! name, which takes them back. At the end (duration over, or Ctrl-C) the
-//! producers stop, the groups drain (lag and pending 0), the workers stop
-//! gracefully, and the summary compares the alert ids published with those
-//! seen by the final stages plus those in the dead-letter streams: `lost`
-//! must be 0 (the exit status says so).
+//! name, which takes them back. Later the workers' network to Redis is cut:
+//! they reach Redis through a [`FaultProxy`], which black-holes their
+//! connections for a few seconds (sockets open, nothing comes back: the
+//! hardest case) and then heals for new connections only, while the producers
+//! and the dashboard keep their direct connection (so alerts queue up); the
+//! demo says how long after the heal work resumed. At the end (duration over,
+//! or Ctrl-C) the producers stop, the groups drain (lag and pending 0), the
+//! workers stop gracefully, and the summary compares the alert ids published
+//! with those seen by the final stages plus those in the dead-letter streams:
+//! `lost` must be 0 (the exit status says so).
 //!
 //! Settings come from the topology file if given, else from the built-in one
 //! (`streambus.example.toml`, embedded).
@@ -24,10 +29,11 @@ use anyhow::{bail, Context, Result};
 use streambus::config::format_duration;
 use streambus::group::{create_group, list_groups};
 use streambus::{
-    CancellationToken, Client, Connection, Delivery, Producer, ProducerOptions, Worker,
+    CancellationToken, Client, Connection, Delivery, Handler, Producer, ProducerOptions, Worker,
     WorkerOptions, WorkerReport,
 };
 use streambus_server::{AppState, ServerConfig};
+use streambus_testkit::FaultProxy;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -45,6 +51,12 @@ const KILLED: usize = 1;
 /// Without --duration: when the worker is killed, and how long it stays down.
 const KILL_AFTER: Duration = Duration::from_secs(10);
 const MAX_DOWNTIME: Duration = Duration::from_secs(2);
+/// Without --duration: when the workers' network is cut (after the kill and
+/// the restart), and how long the cut lasts at most.
+const CUT_AFTER: Duration = Duration::from_secs(20);
+const MAX_CUT: Duration = Duration::from_secs(3);
+/// How often the end of the cut's recovery is checked.
+const RESUME_POLL: Duration = Duration::from_millis(20);
 /// Share of the rate that is security alerts (the rest: CPS alerts), percent.
 const SECURITY_SHARE: u64 = 75;
 /// Producers publish what is due this often.
@@ -128,6 +140,22 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         },
         client.display_url()
     ));
+    // The workers' own way to Redis, which is cut later; the producers and
+    // the dashboard keep `client`.
+    let (route, skipped) = match proxy_route(client).await {
+        Ok(route) => {
+            out.say(format!(
+                "workers connect through a fault proxy on {}, to cut their network later",
+                route.proxy.addr()
+            ));
+            (Some(route), None)
+        }
+        Err(why) => {
+            out.say(format!("network cut skipped: {why}"));
+            (None, Some(why))
+        }
+    };
+    let worker_client = route.as_ref().map_or(client, |r| &r.client);
 
     // Workers.
     let stop_workers = CancellationToken::new();
@@ -139,7 +167,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
                 continue;
             }
             workers.push(spawn_worker(
-                client,
+                worker_client,
                 *stage,
                 n,
                 options[i].clone(),
@@ -156,7 +184,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         ..options[0].clone()
     };
     let mut victim = Victim::Running(spawn_worker(
-        client,
+        worker_client,
         STAGES[0],
         KILLED,
         victim_options,
@@ -168,7 +196,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
     // (and grace), to take its pending alerts back.
     let restart_victim = || {
         spawn_worker(
-            client,
+            worker_client,
             STAGES[0],
             KILLED,
             options[0].clone(),
@@ -187,12 +215,28 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         spawn_producer(&ctx, &seq, CPS_ALERTS, cps_rate, stop_producers.clone()),
     ];
 
-    // Run: progress, the kill and the restart, until the end.
+    // Run: progress, the kill and the restart, the network cut, until the end.
     let started = Instant::now();
     let (kill_at, downtime) = match args.duration {
         Some(d) => (d / 3, (d / 6).min(MAX_DOWNTIME)),
         None => (KILL_AFTER, MAX_DOWNTIME),
     };
+    // After the restart (at most at half the duration).
+    let (cut_at, cut_length) = match args.duration {
+        Some(d) => (d * 2 / 3, (d / 6).min(MAX_CUT)),
+        None => (CUT_AFTER, MAX_CUT),
+    };
+    let run_over = CancellationToken::new();
+    let cut = route.as_ref().map(|r| {
+        AbortOnDropHandle::new(tokio::spawn(cut_network(
+            r.proxy.clone(),
+            started + cut_at,
+            cut_length,
+            ctx.clone(),
+            out.clone(),
+            run_over.clone(),
+        )))
+    });
     let end = args.duration.map(|d| started + d);
     let mut progress = Progress::new(&out, started);
     let mut tick = tokio::time::interval(REDRAW);
@@ -235,9 +279,11 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         progress.update(&mut conn, &ctx.stats, None).await;
     }
 
-    // The end: stop the producers, bring the killed worker back if it is still
-    // down (its pending alerts need an owner), drain, stop the workers.
+    // The end: stop the producers, heal the network if it is still cut, bring
+    // the killed worker back if it is still down (its pending alerts need an
+    // owner), drain, stop the workers.
     stop_producers.cancel();
+    run_over.cancel();
     for p in producers {
         p.await.context("a producer")?;
     }
@@ -260,12 +306,22 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         reports.push(w.await.context("a worker")??);
     }
     progress.finish();
+    // Ends the cut's task if it still waits for an alert published during
+    // the cut (there was none).
+    drop(cut);
     if let Some(d) = dashboard {
         d.stop().await;
     }
 
     let dead = dead_letters(&mut conn, &ctx.run).await?;
-    let summary = Summary::new(&ctx.stats, &reports, &dead, started.elapsed(), drained);
+    let summary = Summary::new(
+        &ctx.stats,
+        &reports,
+        &dead,
+        skipped.as_deref(),
+        started.elapsed(),
+        drained,
+    );
     summary.print()?;
     if summary.lost > 0 {
         bail!(
@@ -291,9 +347,12 @@ fn spawn_worker(
     ctx: &Arc<Ctx>,
     stop: CancellationToken,
 ) -> AbortOnDropHandle<streambus::Result<WorkerReport>> {
-    let name = format!("{}-{}", stage.group, n + 1);
-    let worker =
-        Worker::new(client.clone(), stage.stream, stage.group, options).consumer_name(name);
+    let worker = StartingWorker {
+        client: client.clone(),
+        stage,
+        name: format!("{}-{}", stage.group, n + 1),
+        options,
+    };
     let ctx = ctx.clone();
     let task: JoinHandle<streambus::Result<WorkerReport>> = match stage.group {
         "alert-processor" => tokio::spawn(worker.run(
@@ -314,6 +373,50 @@ fn spawn_worker(
         _ => tokio::spawn(worker.run(move |d: Delivery| pipeline::log_audit(ctx.clone(), d), stop)),
     };
     AbortOnDropHandle::new(task)
+}
+
+/// A worker to start, and to start again if Redis cannot be reached at its
+/// start, as a supervisor (systemd, Kubernetes) would: the network cut can
+/// catch a worker starting (the restarted one, on a busy machine), and
+/// [`Worker::run`] fails then, since a worker that never reached Redis may
+/// have a wrong address. Once running, a worker rides out faults by itself.
+struct StartingWorker {
+    client: Client,
+    stage: pipeline::Stage,
+    name: String,
+    options: WorkerOptions,
+}
+
+impl StartingWorker {
+    async fn run<H: Handler + Clone>(
+        self,
+        handler: H,
+        stop: CancellationToken,
+    ) -> streambus::Result<WorkerReport> {
+        let mut failures = 0;
+        loop {
+            let worker = Worker::new(
+                self.client.clone(),
+                self.stage.stream,
+                self.stage.group,
+                self.options.clone(),
+            )
+            .consumer_name(self.name.as_str());
+            match worker.run(handler.clone(), stop.clone()).await {
+                Err(e) if e.is_retryable() && !stop.is_cancelled() => {
+                    failures += 1;
+                    tracing::warn!(worker = self.name, error = %e, "worker could not start; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.options.reconnect_backoff.delay(failures)) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+                // Ran and stopped; or a permanent error; or stopped before it
+                // could start: then the error is the result.
+                result => return result,
+            }
+        }
+    }
 }
 
 /// Publishes `rate` alerts per second to `stream` until `stop`, in small
@@ -479,6 +582,7 @@ impl Summary {
         stats: &Stats,
         reports: &[WorkerReport],
         dead: &DeadLetters,
+        cut_skipped: Option<&str>,
         elapsed: Duration,
         drained: bool,
     ) -> Summary {
@@ -522,6 +626,10 @@ impl Summary {
                     .unwrap_or_default()
             ),
             format!("  malformed:     {malformed} sent"),
+            format!(
+                "  network cut:   {}",
+                cut_summary(cut_skipped, &stats.cut, drained)
+            ),
         ];
         let failures = stats.publish_failures.load(Ordering::Relaxed);
         if failures > 0 {
@@ -556,6 +664,174 @@ impl Summary {
         out.flush()?;
         Ok(())
     }
+}
+
+/// The summary's word on the network cut.
+fn cut_summary(skipped: Option<&str>, cut: &pipeline::CutTimes, drained: bool) -> String {
+    let Some(length) = cut.length() else {
+        return match skipped {
+            Some(why) => format!("skipped ({why})"),
+            None => "none (the run ended before it)".to_owned(),
+        };
+    };
+    let length = format_duration(length);
+    match cut.resumed_after() {
+        Some(after) => format!(
+            "{length} black hole; work resumed {} after healing",
+            format_duration(after)
+        ),
+        // Drained: every alert was handled, so none was published during it.
+        None if drained => {
+            format!("{length} black hole; no alert published during it to time the recovery")
+        }
+        None => format!("{length} black hole; work had not resumed by the end"),
+    }
+}
+
+/// The workers' way to Redis: through a proxy that the demo can cut.
+struct Route {
+    /// Like the demo's client, but connecting to the proxy.
+    client: Client,
+    /// Shared with [`cut_network`]; it lives as long as the workers do.
+    proxy: Arc<FaultProxy>,
+}
+
+/// A [`FaultProxy`] in front of the Redis server, and a client through it;
+/// `Err` says why there is none (the workers then connect directly and the
+/// network is not cut).
+async fn proxy_route(client: &Client) -> Result<Route, String> {
+    // The URL as given, with its password masked (see below).
+    let url = client.display_url();
+    let parts = match UrlParts::split(url) {
+        Some(p) if !client.is_cluster() => p,
+        _ => return Err("only for plain redis:// URLs".to_owned()),
+    };
+    if parts.userinfo.contains("***") {
+        // The client keeps the password to itself; the demo is only given
+        // the client.
+        return Err("the Redis URL has a password, which the demo cannot pass on to the proxy's connections".to_owned());
+    }
+    let upstream = reachable(parts.host, parts.port, client.options().connect_timeout).await?;
+    let proxy = FaultProxy::start(upstream)
+        .await
+        .map_err(|e| format!("cannot start the proxy: {e}"))?;
+    let client = Client::open_with(&parts.with_addr(proxy.addr()), client.options().clone())
+        .map_err(|e| e.to_string())?;
+    Ok(Route {
+        client,
+        proxy: Arc::new(proxy),
+    })
+}
+
+/// The first address of `host:port` that accepts a TCP connection (a name
+/// may resolve to an IPv6 and an IPv4 address, of which Redis listens on one).
+async fn reachable(host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, String> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let mut failure = "no address".to_owned();
+    for addr in addrs {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_probe)) => return Ok(addr),
+            Ok(Err(e)) => failure = e.to_string(),
+            Err(_) => failure = format!("no answer within {}", format_duration(timeout)),
+        }
+    }
+    Err(format!("cannot reach {host}:{port} ({failure})"))
+}
+
+/// A single-server `redis://` URL, split where the proxy's address goes.
+#[derive(Debug, PartialEq)]
+struct UrlParts<'a> {
+    /// `user:password@`, or empty.
+    userinfo: &'a str,
+    /// Without the brackets of an IPv6 address.
+    host: &'a str,
+    port: u16,
+    /// Everything after the port: `/db`, `?query`.
+    rest: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    /// `None` unless `url` is `redis://[userinfo@]host[:port][/db][?query]`
+    /// (not TLS, a unix socket or a cluster).
+    fn split(url: &'a str) -> Option<Self> {
+        let after = url.strip_prefix("redis://")?;
+        // A password may hold a '/': the host starts after the last '@' (as
+        // in `streambus::connection::mask_password`).
+        let (userinfo, after) = after.split_at(after.rfind('@').map_or(0, |at| at + 1));
+        let (hostport, rest) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
+        let (host, port) = match hostport.strip_prefix('[') {
+            Some(v6) => {
+                let (host, port) = v6.split_once(']')?;
+                (
+                    host,
+                    port.strip_prefix(':').or(port.is_empty().then_some(""))?,
+                )
+            }
+            None => hostport.split_once(':').unwrap_or((hostport, "")),
+        };
+        let port = if port.is_empty() {
+            6379
+        } else {
+            port.parse().ok()?
+        };
+        (!host.is_empty()).then_some(UrlParts {
+            userinfo,
+            host,
+            port,
+            rest,
+        })
+    }
+
+    /// The same URL with `addr` for the host and port.
+    fn with_addr(&self, addr: SocketAddr) -> String {
+        format!("redis://{}{addr}{}", self.userinfo, self.rest)
+    }
+}
+
+/// Cuts the workers' network at `at` for `length` (healing at once if the
+/// run ends first), then says when the first alert published during the cut
+/// has been processed: the workers noticed that their connections were dead
+/// and dialled new ones. Runs until then, unless its owner drops it first.
+async fn cut_network(
+    proxy: Arc<FaultProxy>,
+    at: Instant,
+    length: Duration,
+    ctx: Arc<Ctx>,
+    out: Out,
+    run_over: CancellationToken,
+) {
+    tokio::select! {
+        () = tokio::time::sleep_until(at) => {}
+        () = run_over.cancelled() => return,
+    }
+    let cut = &ctx.stats.cut;
+    proxy.black_hole();
+    // After the black hole: an alert published from now on can reach a
+    // worker only on a connection dialled after the heal.
+    cut.started_us.store(pipeline::now_us(), Ordering::Release);
+    out.say(format!(
+        "network cut: workers' connections to Redis black-holed for {}",
+        format_duration(length)
+    ));
+    tokio::select! {
+        () = tokio::time::sleep(length) => {}
+        () = run_over.cancelled() => {}
+    }
+    // Before the heal, so that the time to resume is never under-measured.
+    cut.healed_us.store(pipeline::now_us(), Ordering::Release);
+    proxy.heal();
+    let after = loop {
+        if let Some(after) = cut.resumed_after() {
+            break after;
+        }
+        tokio::time::sleep(RESUME_POLL).await;
+    };
+    out.say(format!(
+        "network healed: work resumed after {}",
+        format_duration(after)
+    ));
 }
 
 /// The dashboard, served in this process.
@@ -611,7 +887,8 @@ async fn start_dashboard(
 }
 
 /// Where progress and notes go: a redrawn line on a terminal, plain lines
-/// otherwise.
+/// otherwise. Clones share the line.
+#[derive(Clone)]
 struct Out {
     bar: Option<indicatif::ProgressBar>,
 }
@@ -714,4 +991,58 @@ impl<'a> Progress<'a> {
 fn run_id() -> String {
     let nanos = pipeline::now_us();
     format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(userinfo: &'a str, host: &'a str, port: u16, rest: &'a str) -> UrlParts<'a> {
+        UrlParts {
+            userinfo,
+            host,
+            port,
+            rest,
+        }
+    }
+
+    #[test]
+    fn splits_plain_redis_urls_where_the_proxy_goes() {
+        let cases = [
+            ("redis://127.0.0.1:40123", parts("", "127.0.0.1", 40123, "")),
+            ("redis://localhost", parts("", "localhost", 6379, "")),
+            ("redis://h:7000/2", parts("", "h", 7000, "/2")),
+            (
+                "redis://bob:s/cr@t@h:1/0?protocol=resp3",
+                parts("bob:s/cr@t@", "h", 1, "/0?protocol=resp3"),
+            ),
+            ("redis://[::1]:6380/1", parts("", "::1", 6380, "/1")),
+            ("redis://[::1]", parts("", "::1", 6379, "")),
+        ];
+        for (url, want) in cases {
+            assert_eq!(UrlParts::split(url), Some(want), "{url}");
+        }
+        let proxy: SocketAddr = "127.0.0.1:5555".parse().unwrap();
+        assert_eq!(
+            UrlParts::split("redis://:pw@redis.internal:6379/3")
+                .unwrap()
+                .with_addr(proxy),
+            "redis://:pw@127.0.0.1:5555/3"
+        );
+    }
+
+    #[test]
+    fn other_urls_are_not_split() {
+        for url in [
+            "rediss://h:6380",
+            "redis+unix:///tmp/redis.sock",
+            "unix:///tmp/redis.sock",
+            "redis+cluster://h1:7000,h2:7001",
+            "redis://",
+            "redis://h:port",
+            "redis://[::1",
+        ] {
+            assert_eq!(UrlParts::split(url), None, "{url}");
+        }
+    }
 }

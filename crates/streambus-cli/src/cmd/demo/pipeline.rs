@@ -117,6 +117,53 @@ pub struct Stats {
     pub final_ids: Mutex<IdSet>,
     /// Alert → result latencies, microseconds.
     pub latencies: Mutex<Vec<u64>>,
+    /// The network cut, as wall-clock microseconds (0: not yet), comparable
+    /// with the alerts' `published_at_us`.
+    pub cut: CutTimes,
+}
+
+/// When the workers' network was cut and healed, and when work resumed.
+#[derive(Default)]
+pub struct CutTimes {
+    /// Set right after the workers' connections were black-holed: an alert
+    /// published later can only reach a worker on a connection dialled after
+    /// the heal.
+    pub started_us: AtomicU64,
+    /// Set right before the heal, so that the time to resume is never
+    /// under-measured.
+    pub healed_us: AtomicU64,
+    /// When the first alert published after `started_us` was processed by
+    /// alert-processor or cps-alert-handler: the proof that the workers read
+    /// again.
+    pub resumed_us: AtomicU64,
+}
+
+impl CutTimes {
+    /// An alert published at `published_at_us` was processed; the first one
+    /// published during the cut marks the resumption.
+    fn processed(&self, published_at_us: u64) {
+        let started = self.started_us.load(Ordering::Acquire);
+        if started != 0 && published_at_us >= started {
+            // Only the first one counts: a failed exchange means it is set.
+            let _ =
+                self.resumed_us
+                    .compare_exchange(0, now_us(), Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// How long after the heal work resumed, once it has.
+    pub fn resumed_after(&self) -> Option<Duration> {
+        let healed = self.healed_us.load(Ordering::Acquire);
+        let resumed = self.resumed_us.load(Ordering::Acquire);
+        (healed != 0 && resumed != 0).then(|| Duration::from_micros(resumed.saturating_sub(healed)))
+    }
+
+    /// How long the cut lasted, once healed.
+    pub fn length(&self) -> Option<Duration> {
+        let started = self.started_us.load(Ordering::Acquire);
+        let healed = self.healed_us.load(Ordering::Acquire);
+        (started != 0 && healed != 0).then(|| Duration::from_micros(healed.saturating_sub(started)))
+    }
 }
 
 impl Stats {
@@ -352,6 +399,7 @@ pub async fn process_alert(ctx: Arc<Ctx>, d: Delivery) -> Outcome {
         return o;
     }
     ctx.stats.done(0);
+    ctx.stats.cut.processed(alert.published_at_us);
     Outcome::Ack
 }
 
@@ -360,6 +408,9 @@ struct CpsAlert {
     run: String,
     alert_id: u64,
     device_id: String,
+    /// Only for timing the recovery from the network cut.
+    #[serde(default)]
+    published_at_us: u64,
 }
 
 /// Stage 1, `cps-alert-handler`: a final stage.
@@ -381,6 +432,7 @@ pub async fn handle_cps(ctx: Arc<Ctx>, d: Delivery) -> Outcome {
     }
     ctx.stats.record_final(alert.alert_id);
     ctx.stats.done(1);
+    ctx.stats.cut.processed(alert.published_at_us);
     Outcome::Ack
 }
 
