@@ -425,7 +425,15 @@ impl Client {
             Err(_) => Err(not_connected(format!(
                 "no connection within the connect timeout of {connect_timeout:?}"
             ))),
-            Ok(Err(e)) if e.is_io_error() || e.is_timeout() => Err(not_connected(e.to_string())),
+            // LOADING (a restarted Redis reading its AOF) refuses the handshake:
+            // nothing of the caller's was sent either.
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || crate::error::classify(&e) == crate::error::ErrorKind::Busy =>
+            {
+                Err(not_connected(e.to_string()))
+            }
             Ok(r) => r,
         }
     }

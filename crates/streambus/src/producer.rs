@@ -7,7 +7,9 @@
 //! batch the caller already has.
 //!
 //! **While Redis is away**, a publish waits: a pipeline that could not be sent
-//! (no connection could be made) is sent again, with backoff, until
+//! (no connection could be made), or that Redis refused for a reason that
+//! passes (`LOADING` while it reads its AOF after a restart), is sent again,
+//! with backoff, until
 //! [`ProducerOptions::publish_timeout`] has passed since the call; then it fails
 //! with [`ErrorKind::Unavailable`], and nothing was written. A publish that was
 //! sent but got no reply (a timeout, or its connection failed) fails at once with
@@ -315,6 +317,9 @@ impl Producer {
             let first = c * size;
             let chunk = chunks[c];
             match replies {
+                Ok(replies) if all_refused_for_now(&replies) && Instant::now() < deadline => {
+                    not_sent_yet.push(c)
+                }
                 Ok(replies) => {
                     delay = RESEND_FIRST_DELAY;
                     let mut written = 0;
@@ -505,6 +510,20 @@ const RESEND_FIRST_DELAY: Duration = Duration::from_millis(50);
 /// publish waits at most this long to notice.
 const RESEND_MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// Whether Redis refused every command of a pipeline for a reason that passes
+/// (`LOADING` after a restart, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`,
+/// `MASTERDOWN`, `READONLY` during a failover): none was carried out, so the
+/// pipeline can be sent again as it is.
+fn all_refused_for_now(replies: &[Value]) -> bool {
+    !replies.is_empty()
+        && replies.iter().all(|r| {
+            matches!(r, Value::ServerError(e) if matches!(
+                e.code(),
+                "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY"
+            ))
+        })
+}
+
 /// The error of a message whose pipeline failed as a whole: `Unavailable` when
 /// it was never sent, `Unconfirmed` when it was sent and no reply came.
 fn send_error(stream: &str, e: &redis::RedisError, publish_timeout: Duration) -> Error {
@@ -537,13 +556,17 @@ async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>, publish_timeout
     let deadline = jobs.iter().map(|j| j.deadline).min();
     let mut delay = RESEND_FIRST_DELAY;
     let result = loop {
-        match pipe.query_async::<Vec<Value>>(&mut conn).await {
-            Err(e) if not_sent(&e) && deadline.is_some_and(|d| Instant::now() + delay < d) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RESEND_MAX_DELAY);
-            }
-            result => break result,
+        let result = pipe.query_async::<Vec<Value>>(&mut conn).await;
+        let again = match &result {
+            Err(e) => not_sent(e),
+            Ok(replies) => all_refused_for_now(replies),
+        };
+        if again && deadline.is_some_and(|d| Instant::now() + delay < d) {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RESEND_MAX_DELAY);
+            continue;
         }
+        break result;
     };
     match result {
         Ok(replies) => {

@@ -686,3 +686,76 @@ async fn an_idle_connection_that_died_is_replaced_before_a_write() {
 fn redis_addr(redis: &RedisServer) -> std::net::SocketAddr {
     format!("127.0.0.1:{}", redis.port()).parse().unwrap()
 }
+
+/// Redis refusing for a while (`BUSY` while a script runs; `LOADING` after a
+/// restart is the same kind of refusal): nothing was written, so the publish is
+/// sent again until Redis takes it, within `publish_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_waits_out_a_busy_redis() {
+    let redis = RedisServer::start_with(ServerOptions {
+        extra_args: vec!["--busy-reply-threshold".into(), "50".into()],
+        ..Default::default()
+    });
+    let stream = format!("{}:s", unique_prefix("busy"));
+    let producer = Producer::new(
+        Client::open_with(&redis.url(), short())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        ProducerOptions::default(),
+    );
+    // A script that runs until killed; its own connection waits for it.
+    let mut blocker = common::connect(&redis.url()).await;
+    let script = tokio::spawn(async move {
+        let _: redis::RedisResult<()> = redis::cmd("EVAL")
+            .arg("while true do end")
+            .arg(0)
+            .query_async(&mut blocker)
+            .await;
+    });
+    let url = redis.url();
+    common::wait_for(Duration::from_secs(5), move || {
+        let url = url.clone();
+        async move {
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+            r.is_err_and(|e| e.code() == Some("BUSY"))
+        }
+    })
+    .await;
+    let p = producer.clone();
+    let s = stream.clone();
+    let publishing = tokio::spawn(async move { p.publish(&s, Message::json(&1).unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await; // how long Redis stays busy
+    assert!(
+        !publishing.is_finished(),
+        "publish waits while Redis is busy"
+    );
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let id = tokio::time::timeout(Duration::from_secs(5), publishing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(len, 1, "written once, as {id}");
+    let _ = script.await;
+}
