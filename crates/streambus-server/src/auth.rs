@@ -51,40 +51,15 @@ pub(crate) fn protocol_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str>
         .filter_map(|p| p.trim().strip_prefix(PROTOCOL_PREFIX))
 }
 
-/// The `token` query parameter, if any (percent-decoded).
+/// The `token` query parameter, if any, decoded as a form value: `+` is a
+/// space, then `%XX` escapes by the library's decoder (the one that reads Redis
+/// URLs).
 fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == "token")
-        .map(|(_, v)| percent_decode(v))
-}
-
-/// Minimal `application/x-www-form-urlencoded` decoding of one value.
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(x) => {
-                        out.push(x);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .map(|(_, v)| streambus::config::percent_decode(&v.replace('+', " ")))
 }
 
 /// Middleware: lets the request through when no token is configured or the
@@ -138,5 +113,19 @@ mod tests {
             Some("a+b=")
         );
         assert_eq!(query_token(Some("streams=a")), None);
+    }
+
+    #[test]
+    fn query_tokens_are_decoded_like_the_library_decodes_urls() {
+        // `+` is a space (form encoding); a `%` without two hex digits after
+        // it stays as it is (the old decoder read "%+1" as byte 1, since
+        // `u8::from_str_radix` takes a sign).
+        assert_eq!(
+            query_token(Some("token=%€%+1+x%2b%2")).as_deref(),
+            Some("%€% 1 x+%2")
+        );
+        assert_eq!(query_token(Some("token=%-1")).as_deref(), Some("%-1"));
+        assert_eq!(query_token(Some("token=%E2%82%AC")).as_deref(), Some("€"));
+        assert_eq!(query_token(Some("token=%")).as_deref(), Some("%"));
     }
 }

@@ -95,6 +95,44 @@ pub fn parse_bytes(input: &str) -> Result<usize> {
     })
 }
 
+/// Decodes `%XX` escapes (two hex digits, either case) in a URL's query value;
+/// anything else, a `%` not followed by two hex digits included, is kept as it
+/// is. Works on bytes, so no input can panic it; decoded bytes that are not
+/// UTF-8 become U+FFFD. `+` is kept: for `application/x-www-form-urlencoded`
+/// values, replace `+` by a space first.
+///
+/// The one decoder of the library (TLS settings in a Redis URL's query) and of
+/// `streambus serve` (its `?token=`), so that both read a value alike.
+#[doc(hidden)]
+pub fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push((hi << 4) | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

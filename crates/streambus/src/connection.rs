@@ -149,7 +149,7 @@ impl TlsOptions {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
+            let v = crate::config::percent_decode(v);
             match k {
                 "ca" => self.ca_file = self.ca_file.take().or(Some(v.into())),
                 "cert" => self.client_cert_file = self.client_cert_file.take().or(Some(v.into())),
@@ -169,24 +169,6 @@ impl TlsOptions {
         }
         out
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(n);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where Redis is: a single server (`redis://`, `rediss://`) or a cluster

@@ -33,7 +33,10 @@ use crate::reply;
 pub struct ConsumerOptions {
     /// Most entries one read returns.
     pub batch_size: usize,
-    /// How long [`Consumer::next_batch`] waits to fill a batch.
+    /// How long [`Consumer::next_batch`] waits to fill a batch, and the
+    /// longest `block` of [`Consumer::read`]: the blocking connection is made
+    /// for BLOCKs up to this long (its response timeout is this plus
+    /// [`ConnectOptions::response_timeout`](crate::ConnectOptions::response_timeout)).
     pub max_wait: Duration,
     /// Where the group starts when this consumer creates it.
     pub start: StartId,
@@ -190,6 +193,12 @@ impl Consumer {
 
     /// Returns up to `count` entries as soon as any are available, waiting up to
     /// `block` (no waiting with `None`). Own pending entries come first.
+    ///
+    /// `block` is cut to [`ConsumerOptions::max_wait`] (logged at debug
+    /// level), the longest BLOCK the blocking connection was made for: a
+    /// longer one would outlast the connection's response timeout, fail with a
+    /// `Timeout` on the client and cost the connection. So a read may return
+    /// empty before `block` has passed; call it again to wait longer.
     pub async fn read(&mut self, count: usize, block: Option<Duration>) -> Result<Vec<Entry>> {
         if self.pending_cursor.is_some() {
             let own = self.read_own_pending(count).await?;
@@ -197,7 +206,25 @@ impl Consumer {
                 return Ok(own);
             }
         }
+        let block = block.map(|b| self.clamp_block(b));
         self.read_new(count, block).await
+    }
+
+    /// `block`, at most `max_wait` (see [`Consumer::read`]).
+    fn clamp_block(&self, block: Duration) -> Duration {
+        let max = self.options.max_wait;
+        if block <= max {
+            return block;
+        }
+        tracing::debug!(
+            stream = &*self.stream,
+            group = &*self.group,
+            consumer = &*self.name,
+            asked_ms = block.as_millis() as u64,
+            max_wait_ms = max.as_millis() as u64,
+            "read's block is longer than the consumer's max_wait: blocking for max_wait"
+        );
+        max
     }
 
     /// Re-reads entries already delivered to this consumer and not acknowledged.
@@ -406,4 +433,62 @@ pub fn default_consumer_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "consumer".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConnectOptions;
+    use streambus_testkit::RedisServer;
+
+    /// A block longer than the blocking connection allows waits `max_wait`
+    /// and returns what there is, instead of timing out on the client.
+    #[tokio::test]
+    async fn a_block_longer_than_the_connection_allows_is_cut_to_max_wait() {
+        let redis = RedisServer::start();
+        let client = Client::open_with(
+            &redis.url(),
+            ConnectOptions {
+                response_timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let stream = format!("{}s", streambus_testkit::unique_prefix("clamp"));
+        let max_wait = Duration::from_millis(100);
+        let mut consumer = Consumer::new(
+            &client,
+            &stream,
+            "g",
+            "c",
+            ConsumerOptions {
+                max_wait,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Past its own pending entries (none), so that the reads below block.
+        assert!(consumer.read(10, None).await.unwrap().is_empty());
+        let started = Instant::now();
+        let got = consumer.read(10, Some(Duration::from_secs(5))).await;
+        let waited = started.elapsed();
+        assert!(got.unwrap().is_empty());
+        assert!(waited >= max_wait, "{waited:?}");
+        // And the connection still serves a read that finds an entry.
+        let mut conn = client.connect().await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("a")
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let got = consumer
+            .read(10, Some(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+    }
 }

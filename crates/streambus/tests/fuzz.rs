@@ -1,12 +1,14 @@
 //! Property tests over everything that parses untrusted input: the envelope
-//! decoder, entry ids, durations, sizes and timestamps. No input may panic; valid
+//! decoder, entry ids, durations, sizes, timestamps, Redis URLs and their
+//! percent-encoded query values. No input may panic; valid
 //! values must round-trip. They run in CI with proptest's default case count
 //! (bounded time); `PROPTEST_CASES=100000 cargo test --test fuzz` runs longer.
 
 use proptest::prelude::*;
-use streambus::config::{format_duration, parse_bytes, parse_duration};
+use streambus::config::{format_duration, parse_bytes, parse_duration, percent_decode};
+use streambus::connection::TlsOptions;
 use streambus::envelope::{format_timestamp, parse_timestamp, Envelope};
-use streambus::{EntryId, Fields, Message, StartId};
+use streambus::{Client, ConnectOptions, EntryId, Fields, Message, StartId};
 
 /// Field names that matter to the decoder, mixed with arbitrary ones.
 fn name() -> impl Strategy<Value = String> {
@@ -30,7 +32,79 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Redis URLs: a scheme (or none), then pieces that the URL parser, the
+/// password masking and the TLS query (`?ca=…&cert=…&key=…&insecure`) look
+/// at, mixed with `%` sequences, multi-byte characters and arbitrary text.
+/// Paths stay short and odd, so that no piece names a file that exists.
+fn redis_url() -> impl Strategy<Value = String> {
+    let scheme = prop_oneof![
+        Just(""),
+        Just("redis://"),
+        Just("rediss://"),
+        Just("redis+cluster://"),
+        Just("rediss+cluster://"),
+        Just("redis+unix://"),
+        Just("http://"),
+    ];
+    let piece = prop_oneof![
+        Just("%".to_owned()),
+        Just("%€".to_owned()),
+        Just("%e2%82".to_owned()),
+        Just("%zz".to_owned()),
+        Just("%+1".to_owned()),
+        Just("?ca=".to_owned()),
+        Just("?cert=".to_owned()),
+        Just("&key=".to_owned()),
+        Just("&insecure".to_owned()),
+        Just("?insecure=1".to_owned()),
+        Just("#".to_owned()),
+        Just("@".to_owned()),
+        Just(":".to_owned()),
+        Just(",".to_owned()),
+        Just("/".to_owned()),
+        Just("[::1]".to_owned()),
+        Just("u:p@h:6379".to_owned()),
+        "[%€éü日本0-9a-fA-F]{1,6}",
+        "\\PC{0,8}",
+        ".{0,8}",
+    ];
+    (scheme, proptest::collection::vec(piece, 0..10))
+        .prop_map(|(scheme, pieces)| format!("{scheme}{}", pieces.concat()))
+}
+
 proptest! {
+    #[test]
+    fn url_parser_never_panics(url in redis_url(), any_text in ".{0,64}", insecure in any::<bool>()) {
+        let _ = Client::open(&url);
+        let _ = Client::open(&any_text);
+        let options = ConnectOptions {
+            tls: TlsOptions {
+                insecure_skip_verify: insecure,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let _ = Client::open_with(&url, options.clone());
+        let _ = Client::open_with(&any_text, options);
+    }
+
+    #[test]
+    fn percent_decoder_never_panics_and_keeps_plain_text(s in "\\PC{0,32}", b in "[%0-9a-fA-F€é+]{0,32}") {
+        let _ = percent_decode(&s);
+        let _ = percent_decode(&b);
+        // Text without `%` comes back as it was.
+        let plain: String = s.chars().filter(|c| *c != '%').collect();
+        prop_assert_eq!(percent_decode(&plain), plain);
+    }
+
+    #[test]
+    fn percent_encoding_round_trips(s in "\\PC{0,32}") {
+        let encoded: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+        prop_assert_eq!(percent_decode(&encoded), s.clone());
+        let lower = encoded.to_lowercase();
+        prop_assert_eq!(percent_decode(&lower), s);
+    }
+
     #[test]
     fn envelope_decoder_never_panics(fields in proptest::collection::vec((name(), value()), 0..12)) {
         let fields = Fields::from_pairs(fields);
@@ -96,4 +170,28 @@ proptest! {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
         prop_assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
     }
+}
+
+/// The case: a `%` followed by a multi-byte character panicked (a byte
+/// index into a `&str`).
+#[test]
+fn a_percent_before_a_multi_byte_character_is_kept() {
+    for url in [
+        "rediss://h/?ca=%€",
+        "rediss://h/?ca=%€€&insecure",
+        "rediss://h?cert=a%é&key=%",
+    ] {
+        let e = Client::open(url).unwrap_err();
+        // The CA (or certificate) file named by the query does not exist.
+        assert!(e.to_string().contains("cannot read the TLS"), "{url}: {e}");
+    }
+    assert_eq!(percent_decode("%€"), "%€");
+    assert_eq!(percent_decode("a%2"), "a%2");
+    assert_eq!(percent_decode("%"), "%");
+    assert_eq!(percent_decode("%+1%-1"), "%+1%-1");
+    assert_eq!(percent_decode("%2Fetc%2fca%20dir"), "/etc/ca dir");
+    assert_eq!(percent_decode("a+b"), "a+b");
+    assert_eq!(percent_decode("%e2%82%ac"), "€");
+    // Bytes that are not UTF-8 are replaced, not a panic.
+    assert_eq!(percent_decode("%ff"), "\u{fffd}");
 }

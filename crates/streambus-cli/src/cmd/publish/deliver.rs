@@ -13,6 +13,11 @@
 //!   envelope ids of those lines are looked for: a line found was written (its
 //!   entry id is printed), a line not found is published again with the same
 //!   envelope id, so it is never in the stream twice.
+//!   Without the right to read the stream (a producer with exactly the
+//!   README's rules, `+xadd` and no `+xrange +xrevrange`), no read-back is
+//!   possible: such lines are neither printed as written nor sent again (they
+//!   could then be in the stream twice); it gives up, naming them as maybe
+//!   written, and says which rules would have let it check.
 //! - Redis answers `LOADING` (restarting) or another busy error: sent again.
 //!
 //! A permanent error (OOM with `noeviction`, NOPERM, WRONGTYPE, auth) stops at
@@ -71,6 +76,42 @@ struct Slot {
     unconfirmed: bool,
 }
 
+/// Where the entries of the next send will be, in one stream: after the
+/// newest id known to be in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Anchor {
+    /// Entries written by the next send all come after this id (`None`: the
+    /// stream was empty or missing at start).
+    After(Option<EntryId>),
+    /// Not known: the user may not read the stream (`XREVRANGE` was refused
+    /// at start), and no line has been confirmed written since. Lines sent
+    /// without a reply cannot be looked for.
+    Unknown,
+}
+
+impl Anchor {
+    /// The anchor at start: where `key` ends now, or [`Anchor::Unknown`] when
+    /// the user may not read it (with the reason logged at info level).
+    pub async fn at_start(conn: &mut Connection, key: &str) -> std::result::Result<Anchor, Error> {
+        match read::last_id(conn, key).await {
+            Ok(id) => Ok(Anchor::After(id)),
+            Err(e) if e.kind() == ErrorKind::Permission => {
+                tracing::info!(
+                    stream = key,
+                    error = %e,
+                    "cannot read where the stream ends (XREVRANGE refused): a chunk sent without a reply will not be looked for in the stream, and publishing stops there"
+                );
+                Ok(Anchor::Unknown)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What to give a producer's ACL user so that lines sent without a reply can
+/// be looked for in the stream.
+const READ_BACK_RULES: &str = "+xrevrange +xrange";
+
 /// Delivers chunks of stdin lines to one stream or to the partitions of one.
 pub(super) struct Delivery<'a> {
     pub conn: Connection,
@@ -80,10 +121,8 @@ pub(super) struct Delivery<'a> {
     /// `KEY ID`).
     pub keys: Vec<String>,
     pub partitioned: bool,
-    /// Per stream, the newest entry id known to be in it before the next send
-    /// (`None`: the stream was empty or missing at start). Entries written by
-    /// the next send all come after it.
-    pub anchors: Vec<Option<EntryId>>,
+    /// Per stream, where the entries of the next send will be.
+    pub anchors: Vec<Anchor>,
     pub retry_for: Duration,
     /// The Redis URL (password masked), for warnings.
     pub url: String,
@@ -334,8 +373,9 @@ impl Delivery<'_> {
         for s in slots {
             if let Some(id) = s.id {
                 let a = &mut self.anchors[s.stream];
-                if a.is_none_or(|a| a < id) {
-                    *a = Some(id);
+                match a {
+                    Anchor::After(Some(known)) if *known >= id => {}
+                    _ => *a = Anchor::After(Some(id)),
                 }
             }
         }
@@ -494,12 +534,13 @@ fn innermost(e: &Error) -> String {
 
 /// Reads each stream back from its anchor and settles every unconfirmed line:
 /// found (by envelope id) means written, with that entry id; not found means
-/// not written, to be sent again. On an error nothing is settled.
+/// not written, to be sent again. On an error nothing is settled; when the
+/// user may not read the stream, the error says which rules it lacks.
 async fn read_back(
     conn: &mut Connection,
     keys: &[String],
     slots: &mut [Slot],
-    anchors: &[Option<EntryId>],
+    anchors: &[Anchor],
 ) -> std::result::Result<(), Error> {
     let mut found: Vec<(usize, EntryId)> = Vec::new();
     for (stream, key) in keys.iter().enumerate() {
@@ -509,9 +550,29 @@ async fn read_back(
             .filter(|(_, s)| s.unconfirmed && s.stream == stream)
             .filter_map(|(i, s)| Some((s.line.message.as_ref()?.envelope_id()?, i)))
             .collect();
-        let mut after = anchors[stream];
+        if wanted.is_empty() {
+            continue;
+        }
+        let mut after = match anchors[stream] {
+            Anchor::After(id) => id,
+            Anchor::Unknown => {
+                return Err(Error::new(
+                    ErrorKind::Permission,
+                    format!("lines sent without a reply cannot be looked for in {key:?}: the Redis user may not read it (XREVRANGE was refused at start; give it {READ_BACK_RULES} to have them checked after a fault)"),
+                ))
+            }
+        };
         while !wanted.is_empty() {
-            let page = read::range_after(conn, key, after, READ_BACK_PAGE).await?;
+            let page = match read::range_after(conn, key, after, READ_BACK_PAGE).await {
+                Ok(page) => page,
+                Err(e) if e.kind() == ErrorKind::Permission => {
+                    return Err(Error::new(
+                        ErrorKind::Permission,
+                        format!("lines sent without a reply cannot be looked for in {key:?} (give the Redis user {READ_BACK_RULES} to have them checked after a fault): {e}"),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
             for entry in &page {
                 let id = entry.fields.get_str(streambus::envelope::field::ID);
                 if let Some(i) = id.and_then(|id| wanted.remove(id)) {
