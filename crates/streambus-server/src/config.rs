@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub monitor: MonitorOptions,
     /// The throughput advisor's rules (`/scale`).
     pub advisor: AdvisorConfig,
+    /// How often the service samples every group for the advisor, whatever
+    /// the rate of requests (the advisor's rates are over this interval).
+    /// Default 1 s.
+    pub scale_interval: Duration,
     /// The reference rule's scale-out threshold, percent.
     pub scale_out: f64,
     /// The reference rule's scale-in threshold, percent.
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             publish_timeout: Duration::from_secs(5),
             monitor: MonitorOptions::default(),
             advisor: AdvisorConfig::default(),
+            scale_interval: Duration::from_secs(1),
             scale_out: DEFAULT_SCALE_OUT,
             scale_in: DEFAULT_SCALE_IN,
         }
@@ -187,6 +192,9 @@ impl ServerConfig {
             if v == 0 {
                 return err(format!("{name} must be at least 1"));
             }
+        }
+        if self.scale_interval.is_zero() {
+            return err("scale_interval must be above zero".into());
         }
         streambus::scaler::validate_thresholds(self.scale_out, self.scale_in)
             .map_err(|e| ConfigError(e.to_string()))?;

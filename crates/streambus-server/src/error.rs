@@ -23,8 +23,10 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use streambus::ErrorKind;
 
+use crate::chain::error_chain;
 use crate::health::{is_unreachable, RETRY_AFTER_SECS};
 
 /// An error a route returns.
@@ -132,41 +134,42 @@ impl From<streambus::Error> for ApiError {
     }
 }
 
-/// The error with all its sources, for the log.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// The body of an error response.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    /// What went wrong, for people.
+    error: &'a str,
+    /// For 5xx: the id of the log line with the detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_id: Option<&'a str>,
+    /// Why Redis could not serve the request (see the module docs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    /// The envelope id of a publish that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = match self.detail {
-            Some(detail) => {
-                // Short and unguessable enough to find one log line; not a secret.
-                let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-                if self.unavailable.is_some() {
-                    // Expected while Redis is away; the health watcher logs
-                    // the outage itself once, at warn.
-                    tracing::debug!(error_id = %id, status = self.status.as_u16(), "{detail}");
-                } else {
-                    tracing::error!(error_id = %id, status = self.status.as_u16(), "{detail}");
-                }
-                serde_json::json!({ "error": self.message, "error_id": id })
+        let error_id = self.detail.as_ref().map(|detail| {
+            // Short and unguessable enough to find one log line; not a secret.
+            let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+            if self.unavailable.is_some() {
+                // Expected while Redis is away; the health watcher logs
+                // the outage itself once, at warn.
+                tracing::debug!(error_id = %id, status = self.status.as_u16(), "{detail}");
+            } else {
+                tracing::error!(error_id = %id, status = self.status.as_u16(), "{detail}");
             }
-            None => serde_json::json!({ "error": self.message }),
+            id
+        });
+        let body = ErrorBody {
+            error: &self.message,
+            error_id: error_id.as_deref(),
+            reason: self.unavailable,
+            id: self.envelope_id.as_deref(),
         };
-        if let Some(reason) = self.unavailable {
-            body["reason"] = reason.into();
-        }
-        if let Some(id) = &self.envelope_id {
-            body["id"] = id.as_str().into();
-        }
         let mut resp = (self.status, Json(body)).into_response();
         if self.unavailable.is_some() {
             resp.headers_mut()

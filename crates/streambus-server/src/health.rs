@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use streambus::{ConnectOptions, Connection, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::error_chain;
+use crate::chain::error_chain;
 use crate::metrics as server_metrics;
 
 /// How often the watcher pings Redis. With the library's defaults (3 s

@@ -51,31 +51,59 @@
 //!
 //! # Layout
 //!
+//! Four layers; a module uses only the layers below it, so there is no
+//! cycle. Only the http layer uses axum, but for one type: the state picks
+//! axum's `Utf8Bytes` as the text the relay fans out, so that each entry is
+//! encoded once and only reference-counted per client.
+//!
+//! ```text
+//!  http      routes::{api, ws, metrics, dashboard}   auth   security   error
+//!              │ read and call
+//!  state     state::AppState: owns the connections, the engines, their tasks
+//!              │ owns
+//!  engines   relay (+ relay::reader)   sampler   catalog   health
+//!              │ use
+//!  leaves    config   metrics   chain
+//! ```
+//!
 //! - [`config`]: [`ServerConfig`] and its [`validate`](ServerConfig::validate).
-//! - [`state`]: [`AppState`], what the routes share (connections, producer,
-//!   relay, scaler memory, task owners).
-//! - `relay`: the WebSocket relay (one `XREAD` reader per stream, broadcast).
-//! - `api`: the JSON routes (plain reads come from `streambus::read`).
-//! - [`auth`]: bearer token, constant-time comparison.
-//! - [`security`]: security headers (CSP) on every response.
-//! - `dashboard` and `assets/`: the page.
+//! - `catalog`: which streams are shown (configured, or found by `SCAN`;
+//!   partitioned streams as one), and their snapshots. Used by the routes and
+//!   the sampler.
+//! - `relay`: the relay engine: one `XREAD` reader per stream (`relay::reader`),
+//!   fanned out to subscribers through broadcast channels; replay, resume
+//!   after faults, reset notices. Generic over the text it fans out; no axum.
+//! - `sampler`: feeds the scaler's advisors on a fixed interval
+//!   ([`ServerConfig::scale_interval`]), in a task of its own: the request
+//!   rate never changes the advice.
 //! - `health`: whether Redis is reachable (one watcher task), for `/healthz`,
 //!   the dashboard's banner and `streambus_redis_up`.
-//! - [`metrics`]: the Prometheus exporter and the service's own metrics.
-//! - [`error`]: [`ApiError`], JSON errors that never leak internals.
+//! - [`state`]: [`AppState`], what the routes share; it starts and owns the
+//!   relay readers, the sampler and the health watcher.
+//! - `routes`: the HTTP layer. `routes::api` (the JSON routes, with their
+//!   bodies typed in `routes::responses`), `routes::ws` (the WebSocket route:
+//!   adapts the relay engine to axum: slow clients, close frames),
+//!   `routes::metrics` (`/metrics`), `routes::dashboard` and `assets/` (the page).
+//! - [`auth`]: bearer token, constant-time comparison (middleware).
+//! - [`security`]: security headers (CSP) on every response (middleware).
+//! - [`metrics`]: the Prometheus recorder and the service's own metrics.
+//! - [`error`]: [`ApiError`], the routes' JSON errors, which never leak
+//!   internals. `chain`: an error with its sources, for the engines' logs.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-mod api;
 pub mod auth;
+mod catalog;
+mod chain;
 pub mod config;
-mod dashboard;
 pub mod error;
 mod health;
 pub mod metrics;
 mod relay;
+mod routes;
+mod sampler;
 pub mod security;
 pub mod state;
 
@@ -90,12 +118,14 @@ pub use config::{ConfigError, ServerConfig};
 pub use error::ApiError;
 pub use state::AppState;
 
+use routes::{api, dashboard, ws};
+
 /// The service's routes, with auth, security headers and the body limit.
 /// Apart from [`serve`] so that tests can call it with
 /// `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
     let protected = Router::new()
-        .route("/ws", get(relay::ws_handler))
+        .route("/ws", get(ws::ws_handler))
         .route("/api/streams", get(api::streams))
         .route("/api/streams/{stream}/groups/{group}", get(api::group))
         .route(
@@ -104,7 +134,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/streams/{stream}/dlq", get(api::dead_letters))
         .route("/api/streams/{stream}/messages", post(api::publish))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(routes::metrics::render))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

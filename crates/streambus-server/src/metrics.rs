@@ -1,9 +1,11 @@
-//! `/metrics`: the Prometheus exporter, the library's metrics and the
-//! service's own.
+//! The Prometheus recorder, and the names and helpers of the service's own
+//! metrics. The `/metrics` route is in `routes::metrics`.
 //!
-//! The monitor gauges (stream length, lag, pending, consumers by status,
-//! scaler target) are refreshed on every scrape from fresh snapshots, so they
-//! are as current as the scrape and cost nothing between scrapes.
+//! The monitor gauges (stream length, lag, pending, consumers by status) are
+//! refreshed on every scrape from fresh snapshots, so they are as current as
+//! the scrape and cost nothing between scrapes. The scaler's target gauge
+//! (`streambus_group_target_consumers`) is set by the scaler's own sampler,
+//! on its fixed interval, whatever the scrape rate.
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -18,13 +20,7 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-
-use crate::api;
-use crate::state::AppState;
 
 /// Gauge: WebSocket clients connected.
 pub const WS_CLIENTS: &str = "streambus_server_ws_clients";
@@ -36,7 +32,7 @@ pub const RELAYED: &str = "streambus_server_relayed_total";
 pub const REDIS_UP: &str = "streambus_redis_up";
 
 /// Installs the Prometheus recorder for the process, once; later calls (a second
-/// [`AppState`] in the same process, as in tests) get the same handle.
+/// [`AppState`](crate::AppState) in the same process, as in tests) get the same handle.
 ///
 /// If the application installed another recorder first, the service still
 /// answers `/metrics`, from a recorder of its own that sees only what is
@@ -104,19 +100,4 @@ impl Drop for ClientGauge {
     fn drop(&mut self) {
         metrics::gauge!(WS_CLIENTS).decrement(1.0);
     }
-}
-
-/// `GET /metrics`: refreshes the monitor gauges, then renders everything in
-/// the Prometheus text format. A stream that cannot be inspected keeps its
-/// previous values (the failure is logged by the snapshot code).
-pub(crate) async fn render(State(state): State<AppState>) -> Response {
-    // Errors are logged where they happen; a scrape still returns what exists.
-    let _ = api::snapshots(&state).await;
-    let handle = state.metrics_handle();
-    handle.run_upkeep();
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        handle.render(),
-    )
-        .into_response()
 }

@@ -1,31 +1,28 @@
 //! [`AppState`]: what every route shares: configuration, Redis connections, the
-//! producer, the relay, the scaler's memory, the metrics handle, and the owner
-//! of every task the service starts.
+//! producer, the catalog of streams, the relay, the scaler's sampler, the
+//! metrics handle, and the owner of every task the service starts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use streambus::monitor::StreamSnapshot;
 use streambus::partition::{PartitionedProducer, Partitions};
-use streambus::{Advice, Advisor, Client, Connection, Producer, ProducerOptions, Sample};
+use streambus::{Advice, Client, Connection, MonitorOptions, Producer, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
+use crate::catalog::Catalog;
 use crate::config::ServerConfig;
-use crate::error::ApiError;
 use crate::health::RedisHealth;
 use crate::relay::Relay;
+use crate::sampler::{self, Sampler};
 
-/// Most (stream, group) pairs whose scaler history is kept; beyond it the pair
-/// seen least recently is forgotten. Each entry is a few hundred bytes.
-const MAX_SCALERS: usize = 1024;
-
-/// Shortest interval the advisor is fed: rates over shorter intervals are noise,
-/// and several dashboards polling at once must not shrink the interval.
-const MIN_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// The text the relay fans out: what a WebSocket text message carries, so
+/// that each entry is encoded once and cloned (a reference count) per client.
+pub(crate) type WsText = Utf8Bytes;
 
 /// The state shared by all routes. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -42,14 +39,15 @@ struct Inner {
     /// Publishes for `POST /api/streams/{s}/messages`, pipelining concurrent
     /// requests on its own connection.
     producer: Producer,
-    /// Per partitioned stream (more than one partition), its partitions and
-    /// the producer that routes to them. One per stream for the whole service,
-    /// so that messages without a key take turns over the partitions.
+    /// Per partitioned stream (more than one partition), the producer that
+    /// routes to its partitions. One per stream for the whole service, so
+    /// that messages without a key take turns over the partitions.
     partitioned: HashMap<String, PartitionedProducer>,
-    relay: Relay,
-    /// Scaler memory per (stream, group): the advisor's history and the
-    /// previous sample it needs for rates.
-    scalers: Mutex<HashMap<(String, String), ScaleState>>,
+    /// Which streams are shown; shared with the sampler.
+    catalog: Arc<Catalog>,
+    relay: Relay<WsText>,
+    /// The advisors, fed by their own task on a fixed interval.
+    sampler: Sampler,
     metrics: PrometheusHandle,
     /// One permit per WebSocket client ([`ServerConfig::max_ws_clients`]).
     ws_slots: Arc<Semaphore>,
@@ -63,20 +61,8 @@ struct Inner {
     health: RedisHealth,
     /// The health watcher; aborted when the state is dropped.
     _watcher: AbortOnDropHandle<()>,
-}
-
-/// The scaler's memory for one group.
-struct ScaleState {
-    advisor: Advisor,
-    prev: Sample,
-    last: Option<Advice>,
-    used: Instant,
-}
-
-/// What the scaler said about one group, for `/scale`.
-pub(crate) struct ScaleView {
-    /// The advisor's advice; `None` until it has two samples.
-    pub advice: Option<Advice>,
+    /// The scaler's sampler; aborted when the state is dropped.
+    _sampler: AbortOnDropHandle<()>,
 }
 
 impl AppState {
@@ -110,6 +96,14 @@ impl AppState {
                 );
             }
         }
+        let catalog = Arc::new(Catalog::new(
+            &config,
+            partitioned
+                .iter()
+                .map(|(s, p)| (s.clone(), p.partitions().clone()))
+                .collect(),
+            client.is_cluster(),
+        ));
         let shutdown = CancellationToken::new();
         let relay = Relay::new(&config, client.clone(), conn.clone(), shutdown.clone());
         for s in &config.streams {
@@ -126,6 +120,21 @@ impl AppState {
             client.options().clone(),
             shutdown.clone(),
         )));
+        let sampler = Sampler::new(config.advisor.clone(), config.scale_interval);
+        let sampling = {
+            let (catalog, conn) = (catalog.clone(), conn.clone());
+            // Delivery counts (an XPENDING per group) are not needed for rates.
+            let options = MonitorOptions {
+                delivery_sample: 0,
+                ..config.monitor.clone()
+            };
+            let take = move |asked: Vec<String>| {
+                let (catalog, conn, options) = (catalog.clone(), conn.clone(), options.clone());
+                async move { sampler::take(&catalog, conn, &options, asked).await }
+            };
+            // Owned by the state (aborted on drop); also stops at shutdown.
+            AbortOnDropHandle::new(tokio::spawn(sampler.clone().run(take, shutdown.clone())))
+        };
         Ok(AppState {
             inner: Arc::new(Inner {
                 config,
@@ -133,14 +142,16 @@ impl AppState {
                 conn,
                 producer,
                 partitioned,
+                catalog,
                 relay,
-                scalers: Mutex::new(HashMap::new()),
+                sampler,
                 metrics,
                 ws_slots,
                 shutdown,
                 clients: TaskTracker::new(),
                 health,
                 _watcher: watcher,
+                _sampler: sampling,
             }),
         })
     }
@@ -178,7 +189,12 @@ impl AppState {
 
     /// The partitions of `stream`, when it is a partitioned stream.
     pub(crate) fn partitions(&self, stream: &str) -> Option<&Partitions> {
-        self.inner.partitioned.get(stream).map(|p| p.partitions())
+        self.inner.catalog.partitions(stream)
+    }
+
+    /// Which streams the service shows.
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     /// The producer of a partitioned stream.
@@ -186,16 +202,7 @@ impl AppState {
         self.inner.partitioned.get(stream)
     }
 
-    /// The logical stream a key is a partition of, if any.
-    pub(crate) fn logical_stream_of(&self, key: &str) -> Option<&str> {
-        self.inner
-            .partitioned
-            .iter()
-            .find(|(_, p)| p.partitions().keys().iter().any(|k| k == key))
-            .map(|(s, _)| s.as_str())
-    }
-
-    pub(crate) fn relay(&self) -> &Relay {
+    pub(crate) fn relay(&self) -> &Relay<WsText> {
         &self.inner.relay
     }
 
@@ -219,58 +226,24 @@ impl AppState {
         &self.inner.health
     }
 
-    /// Checks a stream name from a request: 400 when it is not a valid name, 404
-    /// when the service is limited to configured streams and this is not one.
-    pub(crate) fn check_stream(&self, stream: &str) -> Result<(), ApiError> {
-        streambus::keys::validate_name("stream", stream)
-            .map_err(|e| ApiError::bad_request(e.message()))?;
-        let configured = &self.inner.config.streams;
-        if !configured.is_empty() && !configured.iter().any(|s| s == stream) {
-            return Err(ApiError::not_found(format!(
-                "stream {stream:?} is not served by this service"
-            )));
-        }
-        Ok(())
+    pub(crate) fn sampler(&self) -> &Sampler {
+        &self.inner.sampler
     }
 
-    /// Feeds the advisor of `group` with a fresh snapshot (at most once per
-    /// [`MIN_SAMPLE_INTERVAL`]) and returns its latest advice. Also sets the
-    /// target-consumers gauge.
-    pub(crate) fn scale(&self, snapshot: &StreamSnapshot, group: &str) -> ScaleView {
-        let now = Instant::now();
-        let Some(cur) = Sample::from_snapshot(snapshot, group, now) else {
-            return ScaleView { advice: None };
-        };
-        let key = (snapshot.stream.clone(), group.to_owned());
-        let mut scalers = self
-            .inner
-            .scalers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !scalers.contains_key(&key) && scalers.len() >= MAX_SCALERS {
-            if let Some(oldest) = scalers
-                .iter()
-                .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone())
-            {
-                scalers.remove(&oldest);
-            }
-        }
-        let state = scalers.entry(key).or_insert_with(|| ScaleState {
-            advisor: Advisor::new(self.inner.config.advisor.clone()),
-            prev: cur,
-            last: None,
-            used: now,
-        });
-        state.used = now;
-        if now.duration_since(state.prev.at) >= MIN_SAMPLE_INTERVAL {
-            let advice = state.advisor.advise(&state.prev, &cur, now);
-            advice.record_metrics(&snapshot.stream, group);
-            state.prev = cur;
-            state.last = Some(advice);
-        }
-        ScaleView {
-            advice: state.last.clone(),
-        }
+    /// How many samples the scaler's advisor of `group` on `stream` has had
+    /// (for tests and diagnostics): one every
+    /// [`ServerConfig::scale_interval`], however often clients ask.
+    pub fn scale_samples(&self, stream: &str, group: &str) -> u64 {
+        self.inner.sampler.samples(stream, group)
+    }
+
+    /// The scaler's latest advice for `group` on `stream`.
+    pub(crate) fn advice(&self, stream: &str, group: &str) -> Option<Advice> {
+        self.inner.sampler.advice(stream, group)
+    }
+
+    /// The interval of the scaler's samples.
+    pub(crate) fn scale_interval(&self) -> Duration {
+        self.inner.sampler.interval()
     }
 }

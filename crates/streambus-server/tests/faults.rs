@@ -8,7 +8,7 @@
 //! once and in order (lost = 0, duplicates = 0), and measures the time from
 //! the end of the fault to the first entry received and to the whole backlog.
 //!
-//! Recovery bound with these settings (see `relay.rs`): a read or dial in
+//! Recovery bound with these settings (see `src/relay/mod.rs`): a read or dial in
 //! flight on a dead path fails within 1 s (500 ms BLOCK + 500 ms response
 //! timeout, or 500 ms connect + 500 ms handshake), then one backoff of at most
 //! 2 s: 3 s. The tests allow 6 s for a loaded 2-core machine.
