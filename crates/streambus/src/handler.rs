@@ -112,6 +112,10 @@ impl<T: Into<Outcome>, E: Into<Outcome>> From<std::result::Result<T, E>> for Out
 /// `Fn(Delivery) -> impl Future<Output = impl Into<Outcome>>` closure, so a handler
 /// can return `Outcome`, `()`, or `Result<(), streambus::Error>`.
 ///
+/// A panic in a handler, in its future or before it returns one, counts as a
+/// failure of that delivery (retried like [`Outcome::Retry`]); other entries
+/// are not affected.
+///
 /// A handler may run many times concurrently (up to the worker's concurrency),
 /// and the same entry may be delivered more than once (at-least-once): make it
 /// idempotent, or use the worker's idempotency guard.
@@ -126,9 +130,12 @@ where
     Fut: Future<Output = O> + Send,
     O: Into<Outcome>,
 {
-    fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send {
-        let fut = self(delivery);
-        async move { fut.await.into() }
+    // An `async fn`: the closure is called when the future is first polled,
+    // so a closure body that panics panics inside the future, where the
+    // worker catches it (the worker also guards the call to `handle` itself,
+    // for other `Handler` implementations).
+    async fn handle(&self, delivery: Delivery) -> Outcome {
+        self(delivery).await.into()
     }
 }
 
