@@ -136,3 +136,82 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     let err = refused_publish(c, stream).await;
     assert!(err.to_string().contains("aurora:alerts"), "{err}");
 }
+
+/// The README's extra rules for the idempotency guard: the worker role plus
+/// `+get +set +pexpire +del` (its lease scripts run GET, SET, PEXPIRE, DEL).
+const IDEMPOTENCY: &str = "+get +set +pexpire +del";
+
+#[tokio::test]
+async fn the_idempotency_guard_works_with_its_documented_rules() {
+    let redis = RedisServer::start_with(ServerOptions {
+        acl_users: vec![
+            user("producer", PRODUCER),
+            user("guarded", &format!("{WORKER} {IDEMPOTENCY}")),
+        ],
+        ..Default::default()
+    });
+    let url = |u: &str| redis.url_for_user(u, "pw-for-tests");
+    let stream = "aurora:guarded";
+    let producer = Producer::new(
+        Client::open(&url("producer"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        ProducerOptions::default(),
+    );
+    // Every envelope twice, as a retried publish writes it.
+    for i in 0..20 {
+        let m = Message::json(&i).unwrap();
+        producer.publish(stream, m.clone()).await.unwrap();
+        producer.publish(stream, m).await.unwrap();
+    }
+    let mut conn = connect(&redis.url()).await;
+    streambus::group::create_group(&mut conn, stream, "g", streambus::StartId::Beginning)
+        .await
+        .unwrap();
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = handled.clone();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(
+        Worker::new(
+            Client::open(&url("guarded")).unwrap(),
+            stream,
+            "g",
+            WorkerOptions {
+                block: Duration::from_millis(50),
+                reclaim_interval: Duration::from_millis(10),
+                idempotency_ttl: Some(Duration::from_secs(60)),
+                retry_backoff: streambus::Backoff::new(
+                    Duration::from_millis(10),
+                    Duration::from_millis(50),
+                ),
+                ..Default::default()
+            },
+        )
+        .run(
+            move |_d: Delivery| {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            },
+            stop.clone(),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::pending_count(&mut conn, stream, "g").await > 0
+        || handled.load(std::sync::atomic::Ordering::Relaxed) < 20
+    {
+        assert!(Instant::now() < deadline, "not settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let report = worker.await.unwrap().unwrap();
+    assert_eq!(
+        handled.load(std::sync::atomic::Ordering::Relaxed),
+        20,
+        "{report:?}"
+    );
+    assert_eq!(report.duplicates_skipped, 20, "{report:?}");
+}

@@ -297,10 +297,14 @@ impl<H: Handler> Shared<H> {
                         return;
                     }
                     Err(e) => {
-                        // Handled without the guard: at worst a duplicate runs,
-                        // never a loss (at-least-once).
-                        warn!(%id, error = %e, "cannot take the idempotency lease; handling without it");
-                        None
+                        // Not handled without the guard that was asked for: two
+                        // copies could then run at once. Left pending, it is
+                        // retried after the backoff like a failure (and, if the
+                        // guard stays refused, e.g. NOPERM, dead-lettered after
+                        // max_deliveries with this reason in the log).
+                        warn!(%id, error = %e, "cannot take the idempotency lease; leaving the entry pending to retry it");
+                        bump(&self.stats.retried, 1);
+                        return;
                     }
                 }
             }
