@@ -171,23 +171,12 @@ pub fn process_exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// Polls `cond` every 20 ms until it holds or `deadline` passes.
-pub fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-/// Polls `cond` until it holds, failing after `deadline`.
-#[track_caller]
-pub fn wait_until(deadline: Duration, what: &str, cond: impl FnMut() -> bool) {
-    assert!(eventually(deadline, cond), "timed out waiting for {what}");
-}
+/// Polling with a deadline: the testkit's helpers, under the names these
+/// tests use (`eventually(deadline, cond) -> bool`, `wait_until(deadline,
+/// what, cond)`).
+// Not every test binary uses both (`dead_code` does not cover imports).
+#[allow(unused_imports)]
+pub use streambus_testkit::wait::{eventually, wait_until};
 
 /// The text after `prefix` up to the next `delim`, in the first line that has it.
 pub fn find_after<'a>(text: &'a str, prefix: &str, delim: char) -> Option<&'a str> {

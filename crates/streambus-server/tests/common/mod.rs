@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use streambus::{Client, EntryId, Message, Producer, ProducerOptions};
 use streambus_server::{serve, AppState, ServerConfig};
@@ -55,20 +55,14 @@ pub async fn publish_n(p: &Producer, stream: &str, n: usize, pad: usize) -> Vec<
     ids
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`
+/// ([`streambus_testkit::wait::wait_for_some`], arguments in this file's order).
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    streambus_testkit::wait::wait_for_some(limit, what, check).await
 }
 
 /// A real server on a free port of 127.0.0.1.

@@ -3,20 +3,12 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Poll `cond` every 10 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Whether `cond` holds within `timeout`, polled
+/// ([`streambus_testkit::wait::eventually`]).
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    streambus_testkit::wait::eventually(timeout, cond)
 }
 
 /// Whether a process with this pid exists (zombies included).

@@ -61,21 +61,12 @@ pub async fn pending_count(conn: &mut Connection, stream: &str, group: &str) -> 
     }
 }
 
-/// Polls `check` every 20 ms until it holds; panics after `deadline`.
-pub async fn wait_for<F, Fut>(deadline: std::time::Duration, mut check: F)
+/// Polls `check` until it holds; panics after `deadline`
+/// ([`streambus_testkit::wait::wait_for`], on tokio's clock).
+pub async fn wait_for<F, Fut>(deadline: std::time::Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "condition not met within {deadline:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    streambus_testkit::wait::wait_for(deadline, "a condition", check).await
 }
