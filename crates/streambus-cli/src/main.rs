@@ -36,6 +36,17 @@ fn main() -> ExitCode {
     // the worker's warnings about that would drown its progress display.
     let quiet = matches!(cli.command, cli::Command::Demo(_)).then_some("streambus::worker=error");
     init_tracing(cli.verbose, quiet);
+    // Two worker threads, whatever the machine. Every command is bound by
+    // Redis round trips and child processes, not CPU: the work per entry is a
+    // JSON line. A second thread is still needed: output goes to stdout with
+    // blocking writes (`output::Lines`, flushed before an entry is
+    // acknowledged), and while one thread waits on a slow reader of a pipe, the
+    // other keeps the timers, signals, ack flushes and `--exec` children going.
+    // More than two would only cost memory and threads in the common case of
+    // many `consume --member I/N` processes side by side on one host (the
+    // default is one per core, per process). `bench` runs its workers in child
+    // processes on a runtime of this same shape (`streambus_bench::child`), so
+    // that it measures what these commands do.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

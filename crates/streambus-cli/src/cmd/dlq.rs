@@ -7,6 +7,7 @@
 //! partition, `purge` empties them all.
 
 use anyhow::{bail, Result};
+use serde_json::json;
 use streambus::dead_letter::{self, DeadLetter};
 use streambus::{Client, Connection, EntryId};
 
@@ -175,7 +176,11 @@ async fn replay(
         for (_, key) in sources {
             n += dead_letter::replay_all(conn, key).await?;
         }
-        out.line(format_args!("replayed {n} dead letters onto {stream}"))?;
+        if args.json {
+            out.json(&json!({ "stream": stream, "replayed": n }))?;
+        } else {
+            out.line(format_args!("replayed {n} dead letters onto {stream}"))?;
+        }
         out.flush()?;
         return Ok(());
     }
@@ -186,6 +191,11 @@ async fn replay(
         for (index, key) in sources {
             if let Some(new_id) = dead_letter::replay(conn, key, id).await? {
                 match index {
+                    _ if args.json => out.json(&json!({
+                        "id": id.to_string(),
+                        "new_id": new_id.to_string(),
+                        "partition": index,
+                    }))?,
                     None => out.line(format_args!("replayed {id} as {new_id}"))?,
                     Some(i) => {
                         out.line(format_args!("replayed {id} as {new_id} (partition {i})"))?
@@ -231,7 +241,11 @@ async fn purge(
         n += dead_letter::purge(conn, key).await?;
     }
     let mut out = Lines::stdout();
-    out.line(format_args!("purged {n} dead letters"))?;
+    if args.json {
+        out.json(&json!({ "stream": stream, "purged": n }))?;
+    } else {
+        out.line(format_args!("purged {n} dead letters"))?;
+    }
     out.flush()?;
     Ok(())
 }

@@ -33,7 +33,7 @@ use streambus::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::consume::Defaults;
+use super::settings::{self, FileGroup, BATCH_SIZE, MAX_WAIT};
 use crate::cli::ConsumeArgs;
 use crate::shutdown;
 
@@ -68,53 +68,25 @@ pub async fn run(
     client: &Client,
     args: ConsumeArgs,
     command: String,
-    topology: Defaults<'_>,
+    file: FileGroup<'_>,
     partitions: Option<Partitions>,
 ) -> Result<()> {
     // Built-in defaults, then the topology file's group settings, then flags.
-    let base = WorkerOptions {
-        concurrency: CONCURRENCY,
-        batch_size: super::consume::BATCH_SIZE,
-        block: super::consume::MAX_WAIT,
-        visibility_timeout: VISIBILITY_TIMEOUT,
-        max_deliveries: MAX_DELIVERIES,
-        retry_backoff: default_backoff(),
-        shutdown_grace: GRACE,
-        dead_letter_maxlen: topology.dead_letter_maxlen,
-        ..Default::default()
-    };
-    let mut options = match topology.group {
-        Some(spec) => spec.apply(base),
-        None => base,
-    };
+    let mut options = settings::worker_options(
+        &args,
+        file,
+        WorkerOptions {
+            concurrency: CONCURRENCY,
+            batch_size: BATCH_SIZE,
+            block: MAX_WAIT,
+            visibility_timeout: VISIBILITY_TIMEOUT,
+            max_deliveries: MAX_DELIVERIES,
+            retry_backoff: default_backoff(),
+            shutdown_grace: GRACE,
+            ..Default::default()
+        },
+    );
     let o = &mut options;
-    if let Some(v) = args.concurrency {
-        o.concurrency = v;
-    }
-    if let Some(v) = args.batch_size {
-        o.batch_size = v;
-    }
-    if let Some(v) = args.max_wait {
-        o.block = v;
-    }
-    if let Some(v) = args.visibility_timeout {
-        o.visibility_timeout = v;
-    }
-    if let Some(v) = args.max_deliveries {
-        o.max_deliveries = v;
-    }
-    if let Some(v) = args.backoff {
-        o.retry_backoff = v;
-    }
-    if let Some(v) = args.grace {
-        o.shutdown_grace = v;
-    }
-    if args.ordered_by_key {
-        o.ordered_by_key = true;
-    }
-    if let Some(v) = args.from {
-        o.start = v;
-    }
     o.reclaim_interval = o
         .retry_backoff
         .base

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+use serde_json::json;
 use streambus::group::{create_group, destroy_group, list_groups, GroupInfo};
 use streambus::partition::Partitions;
 use streambus::{Client, Connection, ErrorKind};
@@ -22,7 +23,10 @@ pub async fn run(client: &Client, args: GroupsArgs, topology: Option<&Topology>)
     let stream = &args.stream;
     let mut out = Lines::stdout();
     if let Some(group) = &args.create {
-        if create_group(&mut conn, stream, group, args.from).await? {
+        let created = create_group(&mut conn, stream, group, args.from).await?;
+        if args.json {
+            out.json(&json!({ "stream": stream, "group": group, "created": created }))?;
+        } else if created {
             out.line(format_args!("created group {group} on {stream}"))?;
         } else {
             out.line(format_args!("group {group} already exists on {stream}"))?;
@@ -36,10 +40,19 @@ pub async fn run(client: &Client, args: GroupsArgs, topology: Option<&Topology>)
         if !destroy_group(&mut conn, stream, group).await? {
             bail!("no group {group} on {stream}");
         }
-        out.line(format_args!(
-            "destroyed group {group} (it had {} pending entries)",
-            info.pending
-        ))?;
+        if args.json {
+            out.json(&json!({
+                "stream": stream,
+                "group": group,
+                "destroyed": true,
+                "pending": info.pending,
+            }))?;
+        } else {
+            out.line(format_args!(
+                "destroyed group {group} (it had {} pending entries)",
+                info.pending
+            ))?;
+        }
     } else {
         let groups = list_groups(&mut conn, stream).await?;
         if args.json {
@@ -96,6 +109,12 @@ async fn partitioned(conn: &mut Connection, args: &GroupsArgs, p: &Partitions) -
             }
         }
         match created {
+            c if args.json => out.json(&json!({
+                "stream": stream,
+                "group": group,
+                "partitions": n,
+                "created": c,
+            }))?,
             0 => out.line(format_args!(
                 "group {group} already exists on {stream} ({n} partitions)"
             ))?,
@@ -120,9 +139,19 @@ async fn partitioned(conn: &mut Connection, args: &GroupsArgs, p: &Partitions) -
         if destroyed == 0 {
             bail!("no group {group} on {stream} (on none of its {n} partitions)");
         }
-        out.line(format_args!(
-            "destroyed group {group} on {destroyed} of the {n} partitions of {stream} (they had {pending} pending entries)"
-        ))?;
+        if args.json {
+            out.json(&json!({
+                "stream": stream,
+                "group": group,
+                "partitions": n,
+                "destroyed": destroyed,
+                "pending": pending,
+            }))?;
+        } else {
+            out.line(format_args!(
+                "destroyed group {group} on {destroyed} of the {n} partitions of {stream} (they had {pending} pending entries)"
+            ))?;
+        }
     } else {
         let parts = list(conn, p).await?;
         if !parts.iter().any(|part| part.exists) {

@@ -5,6 +5,9 @@
 //! `redis-server` unless a Redis was given (it writes a lot: never into a Redis
 //! nobody named), and `serve` starts one when none was given and nothing
 //! answers on 127.0.0.1:6379 (see [`crate::embedded`]).
+//!
+//! Every other setting: the flag, else the topology file, else the command's
+//! default ([`settings`]). Waiting out an outage of Redis: [`retry`].
 
 use anyhow::Result;
 use streambus::partition::Partitions;
@@ -22,8 +25,10 @@ mod exec;
 mod groups;
 mod monitor;
 mod publish;
+mod retry;
 mod scale;
 mod serve;
+mod settings;
 mod tail;
 mod topology_cmd;
 
@@ -130,10 +135,7 @@ fn partitions(
     topology: Option<&Topology>,
     stream: &str,
 ) -> Result<Option<Partitions>> {
-    let n = arg
-        .partitions
-        .or_else(|| topology.map(|t| t.partitions(stream)))
-        .unwrap_or(1);
+    let n = settings::layered(arg.partitions, topology.map(|t| t.partitions(stream)), 1);
     if n == 1 {
         return Ok(None);
     }

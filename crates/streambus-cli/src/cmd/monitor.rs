@@ -67,7 +67,7 @@ use streambus::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
 use streambus::partition::{self, PartitionedSnapshot, Partitions};
 use streambus::{Client, Connection, ErrorKind, Monitor, MonitorOptions, StreamSnapshot};
 
-use super::consume::{one_line, Outage};
+use super::retry::{one_line, Outage};
 use crate::cli::MonitorArgs;
 use crate::output::{self, Lines};
 use crate::shutdown;

@@ -30,11 +30,14 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     // --maxlen, else the stream's retention in the topology file, else none.
     let file_retention = topology
         .and_then(|t| t.stream(&args.stream))
-        .map(|s| s.retention.0)
-        .unwrap_or_default();
+        .map(|s| s.retention.0);
     let options = ProducerOptions {
         max_message_bytes: args.max_message_bytes,
-        retention: args.maxlen.map_or(file_retention, Retention::max_len),
+        retention: super::settings::layered(
+            args.maxlen.map(Retention::max_len),
+            file_retention,
+            Retention::default(),
+        ),
         // While Redis cannot be reached, a publish waits this long.
         publish_timeout: args.retry_for,
         ..Default::default()

@@ -31,6 +31,7 @@ use streambus::config::format_duration;
 use streambus::scaler::{self, Advice, Sample};
 use streambus::{Advisor, AdvisorConfig, Client};
 
+use super::settings::layered;
 use crate::cli::ScaleArgs;
 use crate::output::Lines;
 use crate::topology::Topology;
@@ -39,16 +40,17 @@ pub async fn run(client: &Client, args: ScaleArgs, topology: Option<&Topology>) 
     let partitions = super::partitions(args.partitions, topology, &args.stream)?;
     scaler::validate_thresholds(args.scale_out_rate, args.scale_in_rate)
         .context("invalid --scale-out-rate / --scale-in-rate")?;
+    // The topology file has no scaler settings: flags over the defaults.
     let defaults = AdvisorConfig::default();
-    let mut max_consumers = args.max_consumers.unwrap_or(defaults.max_consumers);
+    let mut max_consumers = layered(args.max_consumers, None, defaults.max_consumers);
     if let Some(p) = &partitions {
         // More members than partitions would have nothing to read.
         max_consumers = max_consumers.min(p.len() as u64);
     }
     let config = AdvisorConfig {
-        min_consumers: args.min_consumers.unwrap_or(defaults.min_consumers),
+        min_consumers: layered(args.min_consumers, None, defaults.min_consumers),
         max_consumers,
-        target_drain: args.target_drain.unwrap_or(defaults.target_drain),
+        target_drain: layered(args.target_drain, None, defaults.target_drain),
         ..defaults
     };
     if config.min_consumers > config.max_consumers {

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use anyhow::{Context, Result};
 use streambus_server::{AppState, ServerConfig};
 
+use super::settings::layered;
 use crate::cli::ServeArgs;
 use crate::shutdown;
 use crate::topology::{ServiceSpec, Topology};
@@ -62,15 +63,17 @@ pub async fn run(
 /// Flags over the file's `[service]` over the defaults.
 fn config(args: ServeArgs, service: &ServiceSpec) -> ServerConfig {
     let defaults = ServerConfig::default();
-    let streams = if args.streams.is_empty() {
-        service.streams.iter().map(|s| s.0.clone()).collect()
-    } else {
-        args.streams
-    };
+    let streams = layered(
+        (!args.streams.is_empty()).then_some(args.streams),
+        Some(service.streams.iter().map(|s| s.0.clone()).collect()),
+        Vec::new(),
+    );
+    // The one exception to the rule: origins are a list of permissions, and
+    // the flags add to the file's (the file names the dashboard's own).
     let mut allowed_origins = service.allowed_origins.clone();
     allowed_origins.extend(args.allowed_origins);
     ServerConfig {
-        listen: args.listen.or(service.listen).unwrap_or(defaults.listen),
+        listen: layered(args.listen, service.listen, defaults.listen),
         token: args.token,
         streams,
         allowed_origins,

@@ -11,7 +11,7 @@
 //!
 //! With `--follow`, tail outlives Redis being away: a read that fails in a way
 //! that waiting mends (no connection, no reply in time, a reset, Redis
-//! loading) is retried after the backoff of [`super::consume::RETRY`] (50 ms
+//! loading) is retried after the backoff of [`super::retry::RETRY`] (50 ms
 //! doubling to 2 s), on a new connection, from the last id printed: no gap
 //! and no duplicate. One warning goes to stderr when Redis goes away and one
 //! line when it is back. A permanent error (a wrong password, NOPERM, the key
@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::consume::{pause, Outage, RETRY};
+use super::retry::{pause, Outage, RETRY};
 use crate::cli::TailArgs;
 use crate::output::Lines;
 use crate::shutdown;

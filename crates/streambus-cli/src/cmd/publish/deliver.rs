@@ -27,7 +27,6 @@
 //! The fast path costs nothing more than a plain `publish_batch_each`: one
 //! check of the outcomes per chunk, no extra round trip.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -37,6 +36,12 @@ use streambus::{read, Connection, EntryId, Error, ErrorKind, Message, Producer, 
 use tokio::time::Instant;
 
 use crate::output::Lines;
+
+mod give_up;
+mod read_back;
+
+use self::give_up::{give_up_message, slots_summary};
+use self::read_back::read_back;
 
 /// First pause before trying again; doubled per failed attempt.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
@@ -49,11 +54,6 @@ const WARN_EVERY: Duration = Duration::from_secs(5);
 /// How often the connection is looked at while a publish waits inside the
 /// library; the first warning comes about two of these after the socket went.
 const WATCH_EVERY: Duration = Duration::from_millis(250);
-/// Entries per `XRANGE` of the read-back. A chunk has at most 1,000 lines,
-/// so one page usually holds all of them; other producers' entries may need
-/// more pages.
-const READ_BACK_PAGE: usize = 1000;
-
 /// One line of input, with its line number and where its text is kept.
 pub(super) struct Line {
     /// Line number in the input (1-based, blank lines counted).
@@ -107,10 +107,6 @@ impl Anchor {
         }
     }
 }
-
-/// What to give a producer's ACL user so that lines sent without a reply can
-/// be looked for in the stream.
-const READ_BACK_RULES: &str = "+xrevrange +xrange";
 
 /// Delivers chunks of stdin lines to one stream or to the partitions of one.
 pub(super) struct Delivery<'a> {
@@ -532,68 +528,6 @@ fn innermost(e: &Error) -> String {
     }
 }
 
-/// Reads each stream back from its anchor and settles every unconfirmed line:
-/// found (by envelope id) means written, with that entry id; not found means
-/// not written, to be sent again. On an error nothing is settled; when the
-/// user may not read the stream, the error says which rules it lacks.
-async fn read_back(
-    conn: &mut Connection,
-    keys: &[String],
-    slots: &mut [Slot],
-    anchors: &[Anchor],
-) -> std::result::Result<(), Error> {
-    let mut found: Vec<(usize, EntryId)> = Vec::new();
-    for (stream, key) in keys.iter().enumerate() {
-        let mut wanted: HashMap<&str, usize> = slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.unconfirmed && s.stream == stream)
-            .filter_map(|(i, s)| Some((s.line.message.as_ref()?.envelope_id()?, i)))
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let mut after = match anchors[stream] {
-            Anchor::After(id) => id,
-            Anchor::Unknown => {
-                return Err(Error::new(
-                    ErrorKind::Permission,
-                    format!("lines sent without a reply cannot be looked for in {key:?}: the Redis user may not read it (XREVRANGE was refused at start; give it {READ_BACK_RULES} to have them checked after a fault)"),
-                ))
-            }
-        };
-        while !wanted.is_empty() {
-            let page = match read::range_after(conn, key, after, READ_BACK_PAGE).await {
-                Ok(page) => page,
-                Err(e) if e.kind() == ErrorKind::Permission => {
-                    return Err(Error::new(
-                        ErrorKind::Permission,
-                        format!("lines sent without a reply cannot be looked for in {key:?} (give the Redis user {READ_BACK_RULES} to have them checked after a fault): {e}"),
-                    ))
-                }
-                Err(e) => return Err(e),
-            };
-            for entry in &page {
-                let id = entry.fields.get_str(streambus::envelope::field::ID);
-                if let Some(i) = id.and_then(|id| wanted.remove(id)) {
-                    found.push((i, entry.id));
-                }
-            }
-            if page.len() < READ_BACK_PAGE {
-                break;
-            }
-            after = page.last().map(|e| e.id);
-        }
-    }
-    for (i, id) in found {
-        slots[i].id = Some(id);
-    }
-    for s in slots.iter_mut() {
-        s.unconfirmed = false;
-    }
-    Ok(())
-}
-
 /// The trouble met by one chunk.
 #[derive(Default)]
 pub(super) struct Episode {
@@ -635,74 +569,6 @@ impl Throttle {
     }
 }
 
-/// Where a chunk stands when giving up, by line number.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Summary {
-    /// The first line not known to be written.
-    first_unpublished: u64,
-    /// Lines after it that were written all the same.
-    written_after: Vec<u64>,
-    /// Lines sent without a reply that could not be looked up.
-    unconfirmed: Vec<u64>,
-}
-
-fn slots_summary(slots: &[Slot]) -> Summary {
-    let mut s = Summary::default();
-    for slot in slots {
-        match slot.id {
-            None if s.first_unpublished == 0 => s.first_unpublished = slot.line.no,
-            Some(_) if s.first_unpublished != 0 => s.written_after.push(slot.line.no),
-            _ => {}
-        }
-        if slot.unconfirmed {
-            s.unconfirmed.push(slot.line.no);
-        }
-    }
-    s
-}
-
-/// The last line on stderr when giving up: which line to resume from, and how.
-fn give_up_message(s: &Summary, why: &str, stream: &str) -> String {
-    let n = s.first_unpublished;
-    let before = match n {
-        0 | 1 => "no line before it was".to_owned(),
-        2 => "line 1 was (its id is on stdout)".to_owned(),
-        n => format!("lines 1-{} were (their ids are on stdout)", n - 1),
-    };
-    let mut msg = format!("line {n} not published: {why}; {before}");
-    if !s.written_after.is_empty() {
-        msg.push_str(&format!(
-            "; lines {} after it were written too (their ids are the last {} on stdout)",
-            list(&s.written_after),
-            s.written_after.len()
-        ));
-    }
-    if !s.unconfirmed.is_empty() {
-        msg.push_str(&format!(
-            "; lines {} were sent but not confirmed: they may be in the stream (same envelope ids)",
-            list(&s.unconfirmed)
-        ));
-    }
-    msg.push_str(&format!(
-        "; resume with: tail -n +{n} FILE | streambus publish {stream}"
-    ));
-    msg
-}
-
-/// `3, 4, 9` or, for many, `3-41 (17 lines)`.
-fn list(lines: &[u64]) -> String {
-    match lines {
-        [] => String::new(),
-        [a] => a.to_string(),
-        _ if lines.len() <= 5 => lines
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        [a, .., b] => format!("{a}-{b} ({} lines)", lines.len()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,25 +582,5 @@ mod tests {
         assert!(!t.due(t0 + Duration::from_millis(4999)));
         assert!(t.take(t0 + WARN_EVERY));
         assert!(!t.take(t0 + WARN_EVERY + Duration::from_secs(4)));
-    }
-
-    #[test]
-    fn give_up_names_the_first_unpublished_line() {
-        let s = Summary {
-            first_unpublished: 9535,
-            ..Default::default()
-        };
-        assert_eq!(
-            give_up_message(&s, "OOM", "logs"),
-            "line 9535 not published: OOM; lines 1-9534 were (their ids are on stdout); resume with: tail -n +9535 FILE | streambus publish logs"
-        );
-        let s = Summary {
-            first_unpublished: 1,
-            written_after: vec![3],
-            unconfirmed: (4..=20).collect(),
-        };
-        let m = give_up_message(&s, "x", "s");
-        assert!(m.starts_with("line 1 not published: x; no line before it was; lines 3 after it were written too (their ids are the last 1 on stdout); lines 4-20 (17 lines) were sent"), "{m}");
-        assert!(m.ends_with("tail -n +1 FILE | streambus publish s"), "{m}");
     }
 }
