@@ -18,18 +18,7 @@ use crate::error::{Error, Result};
 use crate::id::EntryId;
 use crate::reply;
 
-/// One entry of the pending entries list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PendingEntry {
-    /// Its id.
-    pub id: EntryId,
-    /// The consumer that holds it.
-    pub consumer: String,
-    /// Time since it was last delivered.
-    pub idle: Duration,
-    /// How many times it was delivered.
-    pub deliveries: u32,
-}
+pub use crate::reply::PendingEntry;
 
 /// The rules for reclaiming.
 #[derive(Clone, Copy, Debug)]
@@ -126,19 +115,7 @@ pub async fn pending_page(
             e,
         )
     })?;
-    reply::list(v)?
-        .into_iter()
-        .map(|row| {
-            let row = reply::list(row)?;
-            let field = |i: usize| row.get(i).and_then(reply::text).unwrap_or_default();
-            Ok(PendingEntry {
-                id: field(0).parse()?,
-                consumer: field(1),
-                idle: Duration::from_millis(field(2).parse().unwrap_or(0)),
-                deliveries: field(3).parse().unwrap_or(1),
-            })
-        })
-        .collect()
+    reply::pending_entries(v)
 }
 
 /// Claims `ids` for `consumer` if they are still idle at least `min_idle`; returns

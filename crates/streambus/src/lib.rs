@@ -46,13 +46,17 @@
 //! - [`worker`]: [`Worker`], the handler runtime: concurrency, batched acks,
 //!   retries with backoff, reclaim, dead letters, graceful shutdown.
 //! - [`handler`]: [`Handler`], [`Delivery`] and the handler's [`Outcome`].
-//! - [`claim`]: the reclaim decisions (pure) and XPENDING/XCLAIM.
+//! - [`claim`]: the reclaim decisions (pure) and XPENDING/XCLAIM, over the
+//!   one [`PendingEntry`](claim::PendingEntry).
 //! - [`dead_letter`]: the dead-letter stream: atomic move, list, replay, purge.
 //! - [`backoff`]: exponential [`Backoff`] with jitter (pure).
-//! - [`monitor`]: stream/group/consumer snapshots ([`StreamSnapshot`], consumer
-//!   [`Status`]) and the safe [`cleanup`](monitor::cleanup) of dead consumers.
-//! - [`scaler`]: the reference IN/OUT/NO_SCALE rule and the throughput
-//!   [`Advisor`] (pure decisions).
+//! - [`monitor`]: stream/group/consumer snapshots ([`StreamSnapshot`]), the
+//!   consumer [`Status`] (pure), and the safe [`cleanup`](monitor::cleanup) of
+//!   dead consumers; one file each under `monitor/`.
+//! - [`scaler`]: the reference IN/OUT/NO_SCALE rule
+//!   ([`rate_and_suggestion`](scaler::rate_and_suggestion)), the throughput
+//!   [`Advisor`] (both pure) and the [`Sample`] they read;
+//!   one file each under `scaler/`.
 //! - [`group`]: create, destroy and list consumer groups.
 //! - [`keys`]: every key name streambus builds (dead letters, hash tags).
 //! - [`metrics`]: metric names (Prometheus-style) recorded through the `metrics` facade.
@@ -60,6 +64,10 @@
 //! - [`preflight`]: warnings about server settings that weaken the guarantees.
 //! - [`config`]: parsers for durations and sizes.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
+//!
+//! Internal: `reply` parses every Redis reply (`XREAD`, `XPENDING`,
+//! `XINFO STREAM | GROUPS | CONSUMERS`) in one place, one type per reply, and
+//! treats a malformed reply as an error, never as a default.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

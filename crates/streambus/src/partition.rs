@@ -31,7 +31,7 @@ use crate::id::EntryId;
 use crate::keys;
 use crate::monitor::{self, MonitorOptions, StreamSnapshot};
 use crate::producer::Producer;
-use crate::reply::{self, Reply};
+use crate::reply;
 use crate::scaler::{self, Sample};
 use crate::worker::{Worker, WorkerOptions, WorkerReport};
 use tokio_util::sync::CancellationToken;
@@ -414,15 +414,8 @@ pub async fn sample(conn: &mut Connection, partitions: &Partitions, group: &str)
             }
             Err(e) => return Err(e),
         };
-        let consumers: redis::Value = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(key)
-            .arg(group)
-            .query_async(conn)
-            .await
-            .map_err(|e| Error::redis(format!("cannot list the consumers of {key:?}"), e))?;
-        for c in reply::list(consumers)? {
-            names.insert(Reply::map(c)?.string("name")?);
+        for c in reply::xinfo_consumers(conn, key, group).await? {
+            names.insert(c.name);
         }
         total = Some(match total {
             None => s,

@@ -2,6 +2,13 @@
 //! `StreamReadReply` builds a `HashMap<String, Value>` per entry, which costs more
 //! than the rest of the read path together. RESP2 (flat arrays) and RESP3 (maps)
 //! are both accepted.
+//!
+//! One parser per reply shape, one type per reply, and a malformed reply is an
+//! error, never a default: reads here, `XPENDING` in [`pending`], `XINFO` in
+//! [`info`].
+
+mod info;
+mod pending;
 
 use std::sync::Arc;
 
@@ -181,3 +188,28 @@ impl Reply {
         self.string(key)?.parse()
     }
 }
+
+impl Reply {
+    /// An optional count: absent or `nil` (Redis cannot tell) is `None`; anything
+    /// else must be a non-negative integer, or the reply is malformed.
+    pub(crate) fn opt_count(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(v) => uint(v)
+                .map(Some)
+                .ok_or_else(|| bad(&format!("non-numeric field {key}"))),
+        }
+    }
+}
+
+/// A non-negative integer reply (`Int`, or its text in a bulk string).
+fn uint(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        v => text(v)?.parse().ok(),
+    }
+}
+
+pub(crate) use info::{consumers, groups, stream_info, xinfo_consumers};
+pub use pending::PendingEntry;
+pub(crate) use pending::{pending_entries, pending_min_id};
