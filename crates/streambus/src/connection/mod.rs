@@ -6,6 +6,9 @@
 //! - [`Client::connect`]: the shared connection for XADD, XACK, XCLAIM, XINFO.
 //!   Multiplexed and cheap to clone; reconnects by itself after a failure (the
 //!   command in flight then fails with a retryable error).
+//! - [`Client::connect_blocking`]: a connection of its own for one blocking reader.
+//!   A blocking `XREADGROUP ... BLOCK` holds its connection, so every other command
+//!   on it would wait behind the read; and its response timeout must exceed BLOCK.
 //!
 //! **A failed socket is never reused.** A request that gets no reply within the
 //! response timeout, or whose socket is reset or closed, retires the socket, and
@@ -16,23 +19,28 @@
 //! idle for a while is checked with `PING` before the next request, and TCP
 //! keepalive is on, so that a write is not sent into a dead socket where its
 //! outcome would be unknown.
-//! - [`Client::connect_blocking`]: a connection of its own for one blocking reader.
-//!   A blocking `XREADGROUP ... BLOCK` holds its connection, so every other command
-//!   on it would wait behind the read; and its response timeout must exceed BLOCK.
 //!
 //! The rest of the library is written against [`Connection`], which implements
 //! `redis::aio::ConnectionLike` for both a single server and a cluster.
+//!
+//! # Layout
+//!
+//! - this file: [`ConnectOptions`], [`Client`] (URL forms, dialing), [`mask_password`];
+//! - `tls`: [`TlsOptions`] (certificates, and their settings in a URL's query);
+//! - `socket`: [`Connection`], the socket shared by clones, retired after a failure.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod socket;
+mod tls;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+pub(crate) use socket::not_sent;
+pub use socket::Connection;
+use socket::Inner;
+pub use tls::TlsOptions;
+
+use std::time::Duration;
+
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -76,98 +84,6 @@ impl Default for ConnectOptions {
             tcp_keepalive: Some(Duration::from_secs(10)),
             tls: TlsOptions::default(),
         }
-    }
-}
-
-/// TLS settings for `rediss://` URLs. Certificate verification is on by default,
-/// against the system's trusted roots unless `ca_file` is given.
-///
-/// The same settings can be given in the URL's query:
-/// `rediss://host:6380/?ca=/etc/redis/ca.crt&cert=client.crt&key=client.key`.
-#[derive(Clone, Debug, Default)]
-pub struct TlsOptions {
-    /// PEM file with the CA certificate(s) that signed the server's certificate,
-    /// used instead of the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for servers that require one (mutual TLS).
-    pub client_cert_file: Option<PathBuf>,
-    /// PEM private key of `client_cert_file`.
-    pub client_key_file: Option<PathBuf>,
-    /// **For tests only.** Accepts any server certificate: anyone on the network
-    /// path can then read and change the traffic, passwords included. A warning is
-    /// logged at every connection.
-    pub insecure_skip_verify: bool,
-}
-
-impl TlsOptions {
-    fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
-    }
-
-    /// Reads the certificate files into what redis-rs takes.
-    fn certificates(&self) -> Result<redis::TlsCertificates> {
-        fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
-            std::fs::read(path).map_err(|e| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("cannot read the TLS {what} file {}: {e}", path.display()),
-                )
-            })
-        }
-        let client_tls =
-            match (&self.client_cert_file, &self.client_key_file) {
-                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                    client_cert: read("client certificate", cert)?,
-                    client_key: read("client key", key)?,
-                }),
-                (None, None) => None,
-                _ => return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    "a TLS client certificate needs its key, and a key its certificate: give both",
-                )),
-            };
-        let root_cert = match &self.ca_file {
-            Some(ca) => Some(read("CA certificate", ca)?),
-            None => None,
-        };
-        Ok(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        })
-    }
-
-    /// Takes `ca`, `cert`, `key` and `insecure` out of a URL's query, for the
-    /// fields not already set.
-    fn take_from_url(&mut self, url: &str) -> String {
-        let Some((base, query)) = url.split_once('?') else {
-            return url.to_owned();
-        };
-        let (query, fragment) = match query.split_once('#') {
-            Some((q, f)) => (q, Some(f)),
-            None => (query, None),
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = crate::config::percent_decode(v);
-            match k {
-                "ca" => self.ca_file = self.ca_file.take().or(Some(v.into())),
-                "cert" => self.client_cert_file = self.client_cert_file.take().or(Some(v.into())),
-                "key" => self.client_key_file = self.client_key_file.take().or(Some(v.into())),
-                "insecure" => self.insecure_skip_verify |= v.is_empty() || v == "true" || v == "1",
-                _ => kept.push(pair),
-            }
-        }
-        let mut out = base.to_owned();
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-        if let Some(f) = fragment {
-            out.push('#');
-            out.push_str(f);
-        }
-        out
     }
 }
 
@@ -344,20 +260,7 @@ impl Client {
     }
 
     async fn open_connection(&self, response_timeout: Duration) -> Result<Connection> {
-        let shared = Arc::new(Shared {
-            client: self.clone(),
-            response_timeout,
-            generation: AtomicU64::new(0),
-            current: std::sync::Mutex::new(None),
-            dial: tokio::sync::Mutex::new(None),
-            epoch: Instant::now(),
-            last_reply_ms: AtomicU64::new(0),
-            dialed: AtomicU64::new(0),
-        });
-        let mut conn = Connection {
-            shared,
-            cached: None,
-        };
+        let mut conn = Connection::new(self.clone(), response_timeout);
         let context = || format!("cannot connect to Redis at {}", self.display);
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
@@ -421,13 +324,6 @@ impl Client {
     }
 }
 
-/// Whether a request failed before anything of it was sent: no socket could be
-/// dialed for it. Such a request can be retried without any risk of doing it twice.
-pub(crate) fn not_sent(e: &redis::RedisError) -> bool {
-    // A refusal only ever happens at connect: no request can have gone out.
-    e.is_connection_refusal()
-}
-
 /// Keepalive on top of the URL's own TCP settings.
 fn tcp_settings(options: &ConnectOptions, base: TcpSettings) -> TcpSettings {
     match options.tcp_keepalive {
@@ -438,257 +334,6 @@ fn tcp_settings(options: &ConnectOptions, base: TcpSettings) -> TcpSettings {
                 .with_retries(3),
         ),
         None => base,
-    }
-}
-
-/// A connection to Redis (single server or cluster), cheap to clone; clones share
-/// one multiplexed socket per server, and replace it together when it fails.
-///
-/// A request that gets no reply within the response timeout, or whose socket is
-/// reset or closed, fails with a retryable error (`Timeout` or `Connection`) and
-/// retires the socket: it is never used again, because replies on it could be
-/// out of step. The next request dials anew. A connection idle for longer than
-/// [`ConnectOptions::health_check_after_idle`] is checked with `PING` first.
-#[derive(Clone)]
-pub struct Connection {
-    shared: Arc<Shared>,
-    /// This clone's copy of the current socket's handle, and its generation:
-    /// while the generation is current, a request costs no lock.
-    cached: Option<(u64, Inner)>,
-}
-
-struct Shared {
-    client: Client,
-    /// Includes the BLOCK time for a blocking reader's connection.
-    response_timeout: Duration,
-    /// Bumped when the current socket is retired; a cached handle of an older
-    /// generation is never used.
-    generation: AtomicU64,
-    /// The live socket, if one is dialed, with its generation.
-    current: std::sync::Mutex<Option<(u64, Inner)>>,
-    /// One dial at a time: requests that find no socket wait for it. Holds the
-    /// last failed dial, which the requests that waited for it share.
-    dial: tokio::sync::Mutex<Option<(Instant, redis::RedisError)>>,
-    epoch: Instant,
-    /// When a reply last arrived, in ms since `epoch` (for the idle check).
-    last_reply_ms: AtomicU64,
-    /// Sockets dialed so far; every one after the first is a reconnect.
-    dialed: AtomicU64,
-}
-
-#[derive(Clone)]
-enum Inner {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("url", &self.shared.client.display)
-            .field("cluster", &self.shared.client.is_cluster())
-            .field("reconnects", &self.reconnects())
-            .finish()
-    }
-}
-
-impl Connection {
-    /// How many times this connection (and its clones) replaced a failed socket.
-    pub fn reconnects(&self) -> u64 {
-        self.shared.dialed.load(Ordering::Relaxed).saturating_sub(1)
-    }
-
-    /// Whether a socket is open now; false after one failed until the next
-    /// request dials again.
-    pub fn is_connected(&self) -> bool {
-        lock(&self.shared.current).is_some()
-    }
-
-    /// The handle of the current socket, dialing one if there is none.
-    async fn handle(&mut self) -> redis::RedisResult<(u64, Inner)> {
-        let shared = &self.shared;
-        let generation = shared.generation.load(Ordering::Acquire);
-        if let Some((g, inner)) = &self.cached {
-            if *g == generation {
-                return Ok((*g, inner.clone()));
-            }
-        }
-        if let Some(current) = lock(&shared.current).clone() {
-            self.cached = Some(current.clone());
-            return Ok(current);
-        }
-        let waited_since = Instant::now();
-        let mut dialing = shared.dial.lock().await;
-        // Another request may have dialed while this one waited...
-        if let Some(current) = lock(&shared.current).clone() {
-            self.cached = Some(current.clone());
-            return Ok(current);
-        }
-        // ... or failed to: then this one fails too, at once, rather than each
-        // waiter taking its own connect timeout in turn.
-        if let Some((at, e)) = &*dialing {
-            if *at >= waited_since {
-                return Err(e.clone());
-            }
-        }
-        let inner = match shared.client.dial(shared.response_timeout).await {
-            Ok(inner) => inner,
-            Err(e) => {
-                *dialing = Some((Instant::now(), e.clone()));
-                return Err(e);
-            }
-        };
-        let n = shared.dialed.fetch_add(1, Ordering::Relaxed);
-        if n > 0 {
-            metrics::counter!(crate::metrics::RECONNECTS).increment(1);
-            tracing::info!(
-                url = shared.client.display.as_str(),
-                reconnects = n,
-                "reconnected to Redis"
-            );
-        }
-        let current = (shared.generation.load(Ordering::Acquire), inner);
-        *lock(&shared.current) = Some(current.clone());
-        self.cached = Some(current.clone());
-        shared.touch();
-        Ok(current)
-    }
-
-    /// Retires the socket of `generation` (if it is still the current one).
-    fn retire(&mut self, generation: u64, why: &redis::RedisError) {
-        self.cached = None;
-        let shared = &self.shared;
-        let mut current = lock(&shared.current);
-        if matches!(&*current, Some((g, _)) if *g == generation) {
-            *current = None;
-            shared.generation.fetch_add(1, Ordering::AcqRel);
-            drop(current);
-            // Info, not a warning: the caller that sees the failure decides
-            // what it means and says so (and a reset storm would flood).
-            tracing::info!(
-                url = shared.client.display.as_str(),
-                error = %why,
-                "connection to Redis retired; the next request dials a new one"
-            );
-        }
-    }
-
-    /// The socket for the next request: the current one, checked with `PING`
-    /// when it sat idle, else a new one.
-    async fn ready(&mut self) -> redis::RedisResult<(u64, Inner)> {
-        let (generation, mut inner) = self.handle().await?;
-        let Some(idle) = self.shared.client.options.health_check_after_idle else {
-            return Ok((generation, inner));
-        };
-        if self.shared.idle_for() < idle {
-            return Ok((generation, inner));
-        }
-        match inner.req_packed_command(&redis::cmd("PING")).await {
-            Ok(_) => {
-                self.shared.touch();
-                Ok((generation, inner))
-            }
-            Err(e) if poisons(&e) => {
-                // Nothing of the caller's was sent: dial once more for it.
-                self.retire(generation, &e);
-                self.handle().await
-            }
-            Err(_) => Ok((generation, inner)),
-        }
-    }
-
-    fn after(&mut self, generation: u64, result: &redis::RedisResult<impl Sized>) {
-        match result {
-            Ok(_) => self.shared.touch(),
-            Err(e) if poisons(e) => self.retire(generation, e),
-            // A reply came: the socket is fine.
-            Err(_) => self.shared.touch(),
-        }
-    }
-}
-
-impl Shared {
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_reply_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_reply_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Whether an error leaves its socket unusable: no reply in time (a late reply
-/// would answer the next request), or the socket failed. A reply from the
-/// server, even an error reply, leaves it fine.
-fn poisons(e: &redis::RedisError) -> bool {
-    e.is_timeout()
-        || e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_unrecoverable_error()
-        || matches!(e.kind(), redis::ErrorKind::Parse)
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding it cannot leave the slot half-written.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl ConnectionLike for Inner {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Inner::Single(c) => c.req_packed_command(cmd),
-            Inner::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Inner::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Inner::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Inner::Single(c) => c.get_db(),
-            Inner::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-impl ConnectionLike for Connection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let (generation, mut inner) = self.ready().await?;
-            let result = inner.req_packed_command(cmd).await;
-            self.after(generation, &result);
-            result
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let (generation, mut inner) = self.ready().await?;
-            let result = inner.req_packed_commands(pipeline, offset, count).await;
-            self.after(generation, &result);
-            result
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.shared.client.single_db().unwrap_or(0)
     }
 }
 
@@ -722,6 +367,8 @@ pub fn mask_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
