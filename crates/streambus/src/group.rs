@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{EntryId, StartId};
 use crate::keys;
-use crate::reply::{self, Reply};
+use crate::reply;
 
 /// Creates `group` on `stream` starting at `start`, creating the stream if it does
 /// not exist (MKSTREAM). Returns `true` if it was created, `false` if it existed
@@ -83,20 +83,8 @@ pub async fn list_groups(conn: &mut Connection, stream: &str) -> Result<Vec<Grou
         .query_async(conn)
         .await
         .map_err(|e| Error::redis(format!("cannot list the groups of {stream:?}"), e))?;
-    reply::list(v)?
-        .into_iter()
-        .map(|g| {
-            let g = Reply::map(g)?;
-            Ok(GroupInfo {
-                name: g.string("name")?,
-                consumers: g.u64("consumers")?,
-                pending: g.u64("pending")?,
-                last_delivered_id: g.id("last-delivered-id")?,
-                entries_read: g.opt_u64("entries-read"),
-                lag: g.opt_u64("lag"),
-            })
-        })
-        .collect()
+    // The one XINFO GROUPS parser (malformed replies are errors).
+    reply::groups(v)
 }
 
 /// Fails with `NoStream` when the key does not exist and `WrongType` when it is
