@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use streambus_testkit::{unique_prefix, Appendfsync, RedisServer, ServerOptions};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use common::{connect, pending_count, read_as};
+use common::{connect, eventually, pending_count, read_as};
 
 fn server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
@@ -59,19 +58,6 @@ async fn publish_n(conn: &Connection, stream: &str, n: usize) -> Vec<streambus::
         .publish_batch(stream, (0..n).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap()
-}
-
-/// Polls `cond` until it holds or `secs` pass.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -17,9 +17,8 @@ use streambus::{
 };
 use streambus_testkit::{unique_prefix, RedisCluster, RedisServer};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use common::{connect, pending_count, read_as};
+use common::{connect, eventually, pending_count, read_as};
 
 fn server() -> &'static RedisServer {
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
@@ -53,19 +52,6 @@ fn start<H: Handler>(
     let token = CancellationToken::new();
     let worker = Worker::new(client, stream, "g", options).consumer_name(name);
     (tokio::spawn(worker.run(handler, token.clone())), token)
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Whether the group has read everything and has nothing pending.
@@ -335,7 +321,15 @@ async fn dropping_the_run_future_stops_its_tasks() {
         .unwrap();
     let started = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));
-    let (st, fi) = (started.clone(), finished.clone());
+    // Counts handler futures dropped unfinished: only an aborted task drops one.
+    let dropped = Arc::new(AtomicU64::new(0));
+    struct OnDrop(Arc<AtomicU64>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (st, fi, dr) = (started.clone(), finished.clone(), dropped.clone());
     let options = WorkerOptions {
         concurrency: 4,
         ..fast()
@@ -343,10 +337,13 @@ async fn dropping_the_run_future_stops_its_tasks() {
     let worker = Worker::new(Client::open(&url).unwrap(), &s, "g", options).consumer_name("w1");
     let run = worker.run(
         move |_d: Delivery| {
-            let (st, fi) = (st.clone(), fi.clone());
+            let (st, fi, dr) = (st.clone(), fi.clone(), dr.clone());
             async move {
                 st.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let guard = OnDrop(dr);
+                // Runs until its task is aborted.
+                std::future::pending::<()>().await;
+                std::mem::forget(guard);
                 fi.fetch_add(1, Ordering::SeqCst);
             }
         },
@@ -358,17 +355,46 @@ async fn dropping_the_run_future_stops_its_tasks() {
             started.load(Ordering::SeqCst) == 4
         }) => {}
     }
-    // `run` is dropped here, with 4 handlers in their sleep.
-    assert_eq!(finished.load(Ordering::SeqCst), 0);
+    // `run` is dropped here, with 4 handlers under way: their tasks are aborted.
+    eventually(10, "the 4 handlers aborted", || async {
+        dropped.load(Ordering::SeqCst) == 4
+    })
+    .await;
     producer
         .publish_batch(&s, (4..8).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap();
-    // A window three times the handler's duration, to see that nothing
-    // happens in it (a condition that must stay false cannot be polled for).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A second worker of the group takes the new entries; a read loop of the
+    // dropped run, had it survived, would have taken some of them.
+    let second = Arc::new(AtomicU64::new(0));
+    let seen = second.clone();
+    let (task, stop) = start(
+        Client::open(&url).unwrap(),
+        &s,
+        "w2",
+        fast(),
+        move |_d: Delivery| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    );
+    eventually(
+        10,
+        "the second worker handled the 4 new entries",
+        || async { second.load(Ordering::SeqCst) >= 4 },
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
     assert_eq!(started.load(Ordering::SeqCst), 4, "no handler started");
     assert_eq!(finished.load(Ordering::SeqCst), 0, "no handler finished");
+    assert_eq!(
+        second.load(Ordering::SeqCst),
+        4,
+        "w2 took all 4 new entries"
+    );
     assert_eq!(
         pending_count(&mut c, &s, "g").await,
         4,

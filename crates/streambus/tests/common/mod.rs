@@ -70,3 +70,13 @@ where
 {
     streambus_testkit::wait::wait_for(deadline, "a condition", check).await
 }
+
+/// Polls `cond` until it holds; panics after `secs` seconds naming `what`
+/// ([`streambus_testkit::wait::wait_for`]).
+pub async fn eventually<F, Fut>(secs: u64, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    streambus_testkit::wait::wait_for(std::time::Duration::from_secs(secs), what, cond).await
+}
