@@ -547,11 +547,12 @@ async fn a_restart_without_persistence_recreates_the_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
-    let stream = format!("{}:s", unique_prefix("pub"));
-    let client = Client::open_with(&proxy.url(), short()).unwrap();
-    let conn = client.connect().await.unwrap();
+    let Proxied {
+        redis,
+        proxy,
+        stream,
+        conn,
+    } = Proxied::start("pub").await;
     let producer = Producer::new(
         conn.clone(),
         ProducerOptions {
@@ -585,11 +586,7 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
         .unwrap()
         .unwrap();
     let mut direct = common::connect(&redis.url()).await;
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let len = xlen(&mut direct, &stream).await;
     assert_eq!(len, 1, "written once, as {id}");
     assert!(conn.reconnects() >= 1);
 
@@ -619,21 +616,18 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
     // Publishing it again once Redis is back keeps its envelope id.
     proxy.pass_through();
     producer.publish(&stream, back).await.unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let len = xlen(&mut direct, &stream).await;
     assert_eq!(len, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_without_a_reply_is_unconfirmed_and_the_connection_replaced() {
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
-    let stream = format!("{}:s", unique_prefix("unconf"));
-    let client = Client::open_with(&proxy.url(), short()).unwrap();
-    let conn = client.connect().await.unwrap();
+    let Proxied {
+        redis: _redis,
+        proxy,
+        stream,
+        conn,
+    } = Proxied::start("unconf").await;
     let producer = Producer::new(conn.clone(), ProducerOptions::default());
     producer
         .publish(&stream, Message::json(&1).unwrap())
@@ -669,11 +663,12 @@ async fn a_publish_without_a_reply_is_unconfirmed_and_the_connection_replaced() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_that_died_is_replaced_before_a_write() {
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
-    let stream = format!("{}:s", unique_prefix("idle"));
-    let client = Client::open_with(&proxy.url(), short()).unwrap();
-    let conn = client.connect().await.unwrap();
+    let Proxied {
+        redis,
+        proxy,
+        stream,
+        conn,
+    } = Proxied::start("idle").await;
     let producer = Producer::new(conn.clone(), ProducerOptions::default());
     producer
         .publish(&stream, Message::json(&1).unwrap())
@@ -692,12 +687,45 @@ async fn an_idle_connection_that_died_is_replaced_before_a_write() {
         .unwrap();
     assert_eq!(conn.reconnects(), 1);
     let mut direct = common::connect(&redis.url()).await;
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let len = xlen(&mut direct, &stream).await;
     assert_eq!(len, 2);
+}
+
+/// A private Redis behind a proxy, a stream name, and a connection with short
+/// timeouts through the proxy: the setting of the producer's own tests.
+struct Proxied {
+    redis: RedisServer,
+    proxy: FaultProxy,
+    stream: String,
+    conn: streambus::Connection,
+}
+
+impl Proxied {
+    async fn start(label: &str) -> Proxied {
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis_addr(&redis)).await.unwrap();
+        let stream = format!("{}:s", unique_prefix(label));
+        let conn = Client::open_with(&proxy.url(), short())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Proxied {
+            redis,
+            proxy,
+            stream,
+            conn,
+        }
+    }
+}
+
+/// The length of `stream`.
+async fn xlen(conn: &mut impl redis::aio::ConnectionLike, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap()
 }
 
 fn redis_addr(redis: &RedisServer) -> std::net::SocketAddr {
@@ -768,11 +796,7 @@ async fn publish_waits_out_a_busy_redis() {
         .unwrap()
         .unwrap()
         .unwrap();
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let len = xlen(&mut admin, &stream).await;
     assert_eq!(len, 1, "written once, as {id}");
     let _ = script.await;
 }
