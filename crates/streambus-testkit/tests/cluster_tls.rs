@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{process_exists, text, wait_until};
+use common::{process_exists, text};
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use streambus_testkit::wait::wait_until;
 use streambus_testkit::{
     redis_cli_bin, slot_for_key, NodeRole, RedisCluster, RedisServer, ServerOptions, TlsOptions,
 };
@@ -69,10 +70,8 @@ fn assert_drop_cleans_up<T>(what: T, pids: Vec<u32>, dir: PathBuf) {
     assert!(pids.iter().all(|&p| process_exists(p)));
     drop(what);
     for pid in pids {
-        assert!(
-            wait_until(Duration::from_secs(5), || !process_exists(pid)),
-            "redis-server {pid} still exists after drop"
-        );
+        let what = format!("redis-server {pid} to exit after drop");
+        wait_until(Duration::from_secs(5), &what, || !process_exists(pid));
     }
     assert!(!dir.exists(), "{} not removed", dir.display());
 }

@@ -4,6 +4,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use streambus_testkit::wait::wait_for;
 use streambus_testkit::{FaultProxy, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,20 +58,6 @@ fn assert_open_and_silent(conn: &TcpStream) {
     }
 }
 
-/// Poll `cond` every 10 ms until it holds or `wait` passes.
-async fn eventually(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `connected_clients` of the server, not counting the `redis-cli` asking.
 fn upstream_clients(server: &RedisServer) -> usize {
     let info = server.cli(&["INFO", "clients"]);
@@ -107,7 +94,10 @@ async fn pass_through_forwards() {
 
     // A client's close reaches the server, and the proxy forgets the connection.
     drop(conn);
-    assert!(eventually(PROMPT, || proxy.open_connections() == 0).await);
+    wait_for(PROMPT, "the proxy to close the connection", || async {
+        proxy.open_connections() == 0
+    })
+    .await;
     assert_eq!(upstream_clients(&server), 0);
 }
 
@@ -163,9 +153,15 @@ async fn reset_all_resets_both_sides() {
         Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
         Ok(n) => panic!("expected a reset, read {n} bytes"),
     }
-    assert!(eventually(PROMPT, || proxy.open_connections() == 0).await);
+    wait_for(PROMPT, "the proxy to close the connection", || async {
+        proxy.open_connections() == 0
+    })
+    .await;
     // The server was reset too: it dropped its side of the connection.
-    assert!(eventually(PROMPT, || upstream_clients(&server) == 0).await);
+    wait_for(PROMPT, "the server to drop the connection", || async {
+        upstream_clients(&server) == 0
+    })
+    .await;
 
     // New connections are accepted as before.
     let mut fresh = connect(&proxy).await;
@@ -231,7 +227,10 @@ async fn failed_upstream_connect_closes_the_client() {
         .await
         .expect("the proxy closes the connection at once");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(eventually(PROMPT, || proxy.open_connections() == 0).await);
+    wait_for(PROMPT, "the proxy to close the connection", || async {
+        proxy.open_connections() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -249,5 +248,8 @@ async fn drop_closes_everything() {
         .await
         .expect("the proxied connection is closed at once");
     assert!(matches!(read, Ok(0)), "{read:?}");
-    assert!(eventually(PROMPT, || upstream_clients(&server) == 0).await);
+    wait_for(PROMPT, "the server to drop the connection", || async {
+        upstream_clients(&server) == 0
+    })
+    .await;
 }

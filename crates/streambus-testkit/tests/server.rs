@@ -2,11 +2,12 @@
 
 mod common;
 
-use common::{process_exists, text, wait_until};
+use common::{process_exists, text};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use streambus_testkit::wait::wait_until;
 use streambus_testkit::{
     free_port, unique_prefix, AclUser, Appendfsync, RedisServer, ServerOptions, TestkitError,
 };
@@ -220,10 +221,8 @@ fn drop_leaves_no_process_and_no_dir() {
     let port = server.port();
     assert!(process_exists(pid));
     drop(server);
-    assert!(
-        wait_until(Duration::from_secs(5), || !process_exists(pid)),
-        "redis-server {pid} still exists after drop"
-    );
+    let what = format!("redis-server {pid} to exit after drop");
+    wait_until(Duration::from_secs(5), &what, || !process_exists(pid));
     assert!(!dir.exists(), "{} not removed", dir.display());
     assert!(!tcp_connects(port));
 }
@@ -234,7 +233,9 @@ fn crashed_server_is_noticed() {
     let pid = server.pid().unwrap();
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
-    assert!(wait_until(Duration::from_secs(5), || !server.is_running()));
+    wait_until(Duration::from_secs(5), "the crash to be noticed", || {
+        !server.is_running()
+    });
     assert_eq!(server.pid(), None);
     assert!(!process_exists(pid), "crashed server left a zombie");
 }

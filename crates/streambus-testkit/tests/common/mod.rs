@@ -3,13 +3,6 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
-
-/// Whether `cond` holds within `timeout`, polled
-/// ([`streambus_testkit::wait::eventually`]).
-pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
-    streambus_testkit::wait::eventually(timeout, cond)
-}
 
 /// Whether a process with this pid exists (zombies included).
 pub fn process_exists(pid: u32) -> bool {
