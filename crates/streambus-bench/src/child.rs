@@ -97,7 +97,15 @@ pub(crate) async fn consume_with(
         }
     };
     let stop = CancellationToken::new();
-    let worker = Worker::new(client.clone(), stream, group, options).consumer_name("bench");
+    let worker = Worker::new(
+        client,
+        stream,
+        group,
+        WorkerOptions {
+            consumer_name: Some("bench".into()),
+            ..options
+        },
+    );
     let started = Instant::now();
     let task = tokio::spawn(worker.run(handler, stop.clone()));
     // Stops the worker even if this future is dropped.

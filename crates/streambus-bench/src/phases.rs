@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use streambus::partition::{PartitionedProducer, PartitionedWorker, Partitions};
+use streambus::partition::{PartitionedWorker, Partitions};
 use streambus::{
     CancellationToken, Client, Connection, Delivery, Message, Outcome, Producer, Worker,
     WorkerOptions, WorkerReport,
@@ -274,8 +274,8 @@ async fn reference(ctx: &mut Ctx<'_>) -> Option<Throughput> {
     })
 }
 
-fn producer(ctx: &Ctx<'_>, conn: Connection) -> Producer {
-    Producer::new(conn, ctx.opts.producer.clone())
+async fn producer(ctx: &Ctx<'_>) -> streambus::Result<Producer> {
+    Producer::new(&ctx.client, ctx.opts.producer.clone()).await
 }
 
 fn message(seq: u64) -> Result<Message> {
@@ -290,7 +290,7 @@ async fn publish_concurrent(ctx: &mut Ctx<'_>) -> Result<Throughput> {
     ctx.say(&format!(
         "publish (library): {total} messages from {callers} concurrent callers"
     ));
-    let producer = producer(ctx, ctx.client.connect().await?);
+    let producer = producer(ctx).await?;
     let next = Arc::new(AtomicU64::new(0));
     let rss_reset = sys::reset_peak_rss();
     let started = Instant::now();
@@ -328,7 +328,7 @@ async fn publish_batches(ctx: &mut Ctx<'_>) -> Result<Throughput> {
     ctx.say(&format!(
         "publish_batch (library): {total} messages, {batch} per call"
     ));
-    let producer = producer(ctx, ctx.client.connect().await?);
+    let producer = producer(ctx).await?;
     let rss_reset = sys::reset_peak_rss();
     let started = Instant::now();
     let mut last_tick = Instant::now();
@@ -453,7 +453,7 @@ async fn cli_publish(ctx: &mut Ctx<'_>) -> Result<Option<Throughput>> {
 async fn fill(ctx: &mut Ctx<'_>, name: &str, n: u64) -> Result<String> {
     let stream = ctx.key(name);
     ctx.say(&format!("  filling {name} with {n} messages"));
-    let producer = producer(ctx, ctx.client.connect().await?);
+    let producer = producer(ctx).await?;
     let mut seq = 0;
     while seq < n {
         let end = (seq + 1000).min(n);
@@ -729,9 +729,17 @@ async fn latency_phase(ctx: &mut Ctx<'_>, rate: Option<u64>) -> Result<Latency> 
     };
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
-    let worker = Worker::new(ctx.client.clone(), &stream, "bench", options).consumer_name("bench");
+    let worker = Worker::new(
+        &ctx.client,
+        &stream,
+        "bench",
+        WorkerOptions {
+            consumer_name: Some("bench".into()),
+            ..options
+        },
+    );
     let worker_task = tokio::spawn(worker.run(handler, stop.clone()));
-    let producer = producer(ctx, ctx.client.connect().await?);
+    let producer = producer(ctx).await?;
     let published = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -984,9 +992,9 @@ async fn scale_run(
     let total = ctx.opts.cluster_messages;
     let batch = ctx.opts.batch_size.max(1) as u64;
     let keys = dest.keys();
-    let producer = Producer::new(client.connect().await?, ctx.opts.producer.clone());
+    let producer = Producer::new(client, ctx.opts.producer.clone()).await?;
     let partitioned = match dest {
-        Dest::Parts(p) => Some(PartitionedProducer::new(producer.clone(), p.clone())),
+        Dest::Parts(p) => Some(producer.partitioned(p.clone())),
         Dest::Plain(_) => None,
     };
     let started = Instant::now();
@@ -1042,14 +1050,28 @@ async fn scale_run(
     let started = Instant::now();
     let task: tokio::task::JoinHandle<streambus::Result<WorkerReport>> = match dest {
         Dest::Plain(k) => tokio::spawn(
-            Worker::new(client.clone(), k, "bench", options)
-                .consumer_name("bench")
-                .run(handler, stop.clone()),
+            Worker::new(
+                client,
+                k,
+                "bench",
+                WorkerOptions {
+                    consumer_name: Some("bench".into()),
+                    ..options
+                },
+            )
+            .run(handler, stop.clone()),
         ),
         Dest::Parts(p) => tokio::spawn(
-            PartitionedWorker::new(client.clone(), p.clone(), "bench", options)
-                .consumer_name("bench")
-                .run(handler, stop.clone()),
+            PartitionedWorker::new(
+                client,
+                p.clone(),
+                "bench",
+                WorkerOptions {
+                    consumer_name: Some("bench".into()),
+                    ..options
+                },
+            )
+            .run(handler, stop.clone()),
         ),
     };
     if tokio::time::timeout(Duration::from_secs(600), done.notified())

@@ -67,10 +67,35 @@ fn main() -> ExitCode {
         // pipeline ends, not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_line(&e));
+            // One line, the hint included: log collectors keep it whole.
+            match hint(&e) {
+                Some(hint) => eprintln!("error: {}; hint: {hint}", error_line(&e)),
+                None => eprintln!("error: {}", error_line(&e)),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do next on the command line, by the kind of the library's error
+/// (the library's own messages name no flags).
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    use streambus::ErrorKind;
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<streambus::Error>())?
+        .kind();
+    Some(match kind {
+        ErrorKind::NoGroup => "create the group with `streambus groups STREAM --create GROUP`",
+        ErrorKind::NoStream => {
+            "publish to it with `streambus publish STREAM`, or create it with a group: `streambus groups STREAM --create GROUP`"
+        }
+        ErrorKind::Auth => "give the user and password in --redis (or REDIS_URL): redis://USER:PASSWORD@HOST:PORT",
+        ErrorKind::Connection => {
+            "check --redis (or REDIS_URL); over TLS give the CA with --redis-ca, and --redis-cert/--redis-key if the server asks for a client certificate"
+        }
+        _ => return None,
+    })
 }
 
 /// `-v` info, `-vv` debug, `-vvv` trace; `RUST_LOG` wins when set. Logs go to
@@ -137,6 +162,17 @@ mod tests {
                 .with_source(std::io::Error::other("refused"));
         let e = Err::<(), _>(lib).context("publishing").unwrap_err();
         assert_eq!(error_line(&e), "publishing: cannot connect: refused");
+    }
+
+    #[test]
+    fn hints_follow_the_error_kind() {
+        let no_group =
+            streambus::Error::new(streambus::ErrorKind::NoGroup, "NOGROUP no such group");
+        let e = Err::<(), _>(no_group).context("consuming").unwrap_err();
+        assert!(hint(&e).is_some_and(|h| h.contains("streambus groups STREAM --create GROUP")));
+        let other = streambus::Error::new(streambus::ErrorKind::InvalidInput, "bad");
+        assert_eq!(hint(&anyhow::Error::new(other)), None);
+        assert_eq!(hint(&anyhow::anyhow!("not a library error")), None);
     }
 
     #[test]

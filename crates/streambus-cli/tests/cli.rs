@@ -394,10 +394,15 @@ fn tail_into_a_closed_pipe_exits_quietly() {
 #[test]
 fn tail_errors() {
     let server = RedisServer::start();
-    fails(
+    let err = fails(
         &run(sb_redis(&server, &["tail", "nope"]), DEADLINE),
         1,
         "stream \"nope\" does not exist",
+    );
+    // The command line's own hint, added by the error's kind.
+    assert!(
+        err.contains("; hint: publish to it with `streambus publish STREAM`"),
+        "{err}"
     );
     let o = run(
         sb_redis(&server, &["tail", "s", "--from", "nope"]),

@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 
-use streambus::monitor::{self, StreamSnapshot};
+use streambus::admin::monitor::MonitorOptions;
+use streambus::admin::monitor::{self, StreamSnapshot};
 use streambus::partition::{self, PartitionedSnapshot, Partitions};
-use streambus::{Connection, ErrorKind, MonitorOptions};
+use streambus::{Connection, ErrorKind};
 
 use crate::config::ServerConfig;
 

@@ -5,8 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use streambus::scaler::{DEFAULT_SCALE_IN, DEFAULT_SCALE_OUT};
-use streambus::{AdvisorConfig, MonitorOptions};
+use streambus::admin::monitor::MonitorOptions;
+use streambus::admin::scaler::AdvisorConfig;
+use streambus::admin::scaler::{DEFAULT_SCALE_IN, DEFAULT_SCALE_OUT};
 
 /// How the service runs. Build it with `..Default::default()` and check it with
 /// [`ServerConfig::validate`] before binding.
@@ -196,7 +197,7 @@ impl ServerConfig {
         if self.scale_interval.is_zero() {
             return err("scale_interval must be above zero".into());
         }
-        streambus::scaler::validate_thresholds(self.scale_out, self.scale_in)
+        streambus::admin::scaler::validate_thresholds(self.scale_out, self.scale_in)
             .map_err(|e| ConfigError(e.to_string()))?;
         Ok(())
     }

@@ -16,8 +16,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use streambus::monitor::StreamSnapshot;
-use streambus::{Advice, Advisor, AdvisorConfig, Connection, ErrorKind, MonitorOptions, Sample};
+use streambus::admin::monitor::MonitorOptions;
+use streambus::admin::monitor::StreamSnapshot;
+use streambus::admin::scaler::{Advice, Advisor, AdvisorConfig, Sample};
+use streambus::{Connection, ErrorKind};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -234,7 +236,7 @@ pub(crate) async fn take(
         if catalog.partitions(&name).is_some() {
             continue;
         }
-        match streambus::monitor::snapshot(&mut conn, &name, options).await {
+        match streambus::admin::monitor::snapshot(&mut conn, &name, options).await {
             Ok(snap) => round.push((name, samples(&snap, now()))),
             Err(e) if e.kind() == ErrorKind::NoStream => {}
             Err(e) => {

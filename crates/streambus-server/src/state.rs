@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use streambus::admin::monitor::MonitorOptions;
+use streambus::admin::scaler::Advice;
 use streambus::partition::{PartitionedProducer, Partitions};
-use streambus::{Advice, Client, Connection, MonitorOptions, Producer, ProducerOptions};
+use streambus::{Client, Connection, Producer, ProducerOptions};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -75,9 +77,9 @@ impl AppState {
     pub async fn new(config: ServerConfig, client: Client) -> streambus::Result<AppState> {
         let metrics = crate::metrics::install();
         let conn = client.connect().await?;
-        streambus::preflight::warn_about(&mut conn.clone()).await;
+        streambus::admin::preflight::warn_about(&mut conn.clone()).await;
         let producer = Producer::new(
-            client.connect().await?,
+            &client,
             ProducerOptions {
                 // The envelope adds an id and a timestamp to the body.
                 max_message_bytes: config.max_body_bytes + 256,
@@ -85,15 +87,13 @@ impl AppState {
                 publish_timeout: config.publish_timeout,
                 ..Default::default()
             },
-        );
+        )
+        .await?;
         let mut partitioned = HashMap::new();
         for (stream, &n) in &config.partitions {
             if n > 1 {
                 let p = Partitions::new(stream, n)?;
-                partitioned.insert(
-                    stream.clone(),
-                    PartitionedProducer::new(producer.clone(), p),
-                );
+                partitioned.insert(stream.clone(), producer.partitioned(p));
             }
         }
         let catalog = Arc::new(Catalog::new(

@@ -244,12 +244,14 @@ fn publisher(redis: &RedisServer, stream: &str, stop: CancellationToken) -> Join
     tokio::spawn(async move {
         let client = Client::open_with(&url, connect_options()).unwrap();
         let p = Producer::new(
-            client.connect().await.unwrap(),
+            &client,
             ProducerOptions {
                 publish_timeout: Duration::from_secs(15),
                 ..Default::default()
             },
-        );
+        )
+        .await
+        .unwrap();
         let mut ok = 0;
         let mut n = 0u64;
         while !stop.is_cancelled() {

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use streambus::group::create_group;
+use streambus::admin::group::create_group;
 use streambus::partition::{PartitionedProducer, Partitions};
-use streambus::{Client, Message, Producer, ProducerOptions, StartId};
+use streambus::{Client, Message, ProducerOptions, StartId};
 use streambus_server::{AppState, ServerConfig};
 use streambus_testkit::RedisCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,10 +94,10 @@ async fn a_partitioned_stream_is_shown_and_relayed_as_one() {
             .await
             .unwrap();
     }
-    let producer = PartitionedProducer::new(
-        Producer::new(conn.clone(), ProducerOptions::default()),
-        partitions.clone(),
-    );
+    let producer =
+        PartitionedProducer::new(&client, partitions.clone(), ProducerOptions::default())
+            .await
+            .unwrap();
     let sent = producer
         .publish_batch((0..40).map(|n| {
             Message::json(&serde_json::json!({ "n": n }))

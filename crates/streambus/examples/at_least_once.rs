@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::open(&url)?;
     let stream = "example:orders";
 
-    let producer = Producer::new(client.connect().await?, ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default()).await?;
     let batch = (0..100).map(|n| Message::json(&serde_json::json!({ "order": n })));
     let batch: Vec<Message> = batch.collect::<Result<_, _>>()?;
     producer.publish_batch(stream, batch).await?;
@@ -40,7 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reclaim_interval: Duration::from_millis(50),
         ..Default::default()
     };
-    let worker = Worker::new(client, stream, "billing", options).consumer_name("example-1");
+    let worker = Worker::new(
+        &client,
+        stream,
+        "billing",
+        WorkerOptions {
+            consumer_name: Some("example-1".into()),
+            ..options
+        },
+    );
     let report = worker
         .run(
             move |d: Delivery| {

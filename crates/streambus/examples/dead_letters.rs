@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use streambus::admin::dead_letter;
 use streambus::{
-    dead_letter, Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer,
-    ProducerOptions, Worker, WorkerOptions,
+    Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer, ProducerOptions,
+    Worker, WorkerOptions,
 };
 
 #[tokio::main]
@@ -23,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::open(&url)?;
     let stream = "example:alerts";
     let mut conn = client.connect().await?;
-    let producer = Producer::new(conn.clone(), ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default()).await?;
     for host in ["web-1", "db-1", "POISON", "web-2"] {
         producer
             .publish(stream, Message::json(&serde_json::json!({ "host": host }))?)
@@ -39,7 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reclaim_interval: Duration::from_millis(20),
         ..Default::default()
     };
-    let worker = Worker::new(client, stream, "enricher", options).consumer_name("example-1");
+    let worker = Worker::new(
+        &client,
+        stream,
+        "enricher",
+        WorkerOptions {
+            consumer_name: Some("example-1".into()),
+            ..options
+        },
+    );
     let running = tokio::spawn(worker.run(
         move |d: Delivery| {
             let counter = counter.clone();

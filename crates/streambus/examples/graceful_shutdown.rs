@@ -19,7 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let client = Client::open(&url)?;
     let stream = "example:tasks";
-    let producer = Producer::new(client.connect().await?, ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default()).await?;
     let tasks: Vec<Message> = (0..50)
         .map(|n| Message::json(&serde_json::json!({ "task": n })))
         .collect::<Result<_, _>>()?;
@@ -43,7 +43,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         shutdown_grace: Duration::from_secs(10),
         ..Default::default()
     };
-    let worker = Worker::new(client, stream, "runners", options).consumer_name("example-1");
+    let worker = Worker::new(
+        &client,
+        stream,
+        "runners",
+        WorkerOptions {
+            consumer_name: Some("example-1".into()),
+            ..options
+        },
+    );
     let report = worker
         .run(
             |d: Delivery| async move {

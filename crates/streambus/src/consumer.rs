@@ -20,10 +20,10 @@ use std::time::Duration;
 use redis::Value;
 use tokio::time::Instant;
 
+use crate::admin::group;
 use crate::connection::{Client, Connection};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::group;
 use crate::id::{EntryId, StartId};
 use crate::keys;
 use crate::reply;
@@ -43,6 +43,10 @@ pub struct ConsumerOptions {
     /// Create the group (and stream) if missing. When false, a missing group is
     /// a `NoGroup` error.
     pub create_group: bool,
+    /// The consumer's name in the group; `None` for [`default_consumer_name`].
+    /// A consumer that comes back under the same name reads its own pending
+    /// entries first.
+    pub consumer_name: Option<String>,
 }
 
 impl Default for ConsumerOptions {
@@ -52,6 +56,7 @@ impl Default for ConsumerOptions {
             max_wait: Duration::from_secs(2),
             start: StartId::Beginning,
             create_group: true,
+            consumer_name: None,
         }
     }
 }
@@ -82,31 +87,34 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    /// Joins `group` on `stream` as `name`, creating the group if allowed, with a
-    /// blocking connection of its own.
+    /// Joins `group` on `stream` (as [`ConsumerOptions::consumer_name`]),
+    /// creating the group if allowed, with a shared connection and a blocking
+    /// one of its own.
     pub async fn new(
         client: &Client,
         stream: &str,
         group: &str,
-        name: &str,
         options: ConsumerOptions,
     ) -> Result<Consumer> {
         let shared = client.connect().await?;
-        Self::with_shared(client, shared, stream, group, name, options).await
+        Self::with_shared(client, shared, stream, group, options).await
     }
 
     /// Like [`Consumer::new`], reusing an existing shared connection.
-    pub async fn with_shared(
+    pub(crate) async fn with_shared(
         client: &Client,
         mut shared: Connection,
         stream: &str,
         group: &str,
-        name: &str,
         options: ConsumerOptions,
     ) -> Result<Consumer> {
+        let name = match &options.consumer_name {
+            Some(name) => name.clone(),
+            None => default_consumer_name(),
+        };
         keys::validate_name("stream", stream)?;
         keys::validate_name("group", group)?;
-        keys::validate_name("consumer", name)?;
+        keys::validate_name("consumer", &name)?;
         if options.batch_size == 0 {
             return Err(Error::new(
                 crate::ErrorKind::InvalidInput,
@@ -460,9 +468,9 @@ mod tests {
             &client,
             &stream,
             "g",
-            "c",
             ConsumerOptions {
                 max_wait,
+                consumer_name: Some("c".into()),
                 ..Default::default()
             },
         )

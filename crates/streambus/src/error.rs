@@ -179,14 +179,14 @@ impl Error {
             }
             ErrorKind::Permission => " (the Redis ACL user lacks a permission for this command or key)",
             ErrorKind::NoGroup => {
-                " (create the group first, e.g. `streambus groups STREAM --create GROUP`)"
+                " (create the group first: XGROUP CREATE, or a consumer or worker, which create it unless told not to)"
             }
             ErrorKind::WrongType => " (the key exists and is not a stream)",
             ErrorKind::CrossSlot => {
                 " (on Redis Cluster one command or script may only touch keys of one hash slot: give related keys a common {hash tag}, or use a partitioned stream)"
             }
             ErrorKind::Connection if describe(&err).to_lowercase().contains("certificate") => {
-                " (the TLS certificate was not accepted: give the CA that signed the server's certificate with ?ca=/path/ca.crt or --redis-ca, and a client certificate with ?cert=&key= if the server requires one)"
+                " (the TLS certificate was not accepted: give the CA that signed the server's certificate with ?ca=/path/ca.crt in the URL (or TlsOptions), and a client certificate with ?cert=&key= if the server requires one)"
             }
             ErrorKind::Connection => " (is Redis running and reachable at that address?)",
             ErrorKind::Redis if err.code() == Some("OOM") => {

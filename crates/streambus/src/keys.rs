@@ -55,7 +55,8 @@ pub fn slot(key: &str) -> u16 {
     crc16(hash_tag(key).as_bytes()) % 16_384
 }
 
-/// CRC16/XMODEM, the hash of Redis Cluster slots.
+/// CRC16/XMODEM, the hash of Redis Cluster slots (see [`slot`]).
+#[doc(hidden)]
 pub fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &b in data {

@@ -1,112 +1,111 @@
 //! streambus: a reliable event bus on Redis Streams.
 //!
-//! Publish events to named streams; read them through consumer groups; nothing is
-//! lost: an entry leaves a group only when it is acknowledged.
+//! Publish events to named streams; handle them in consumer groups. **Nothing
+//! is lost**: an entry leaves a group only by an acknowledgement after its
+//! handler succeeded, or by an atomic move to the group's dead-letter stream.
+//! A crash, a panic, a network cut or a Redis restart can cause a redelivery,
+//! never a loss (with Redis persistence on). Entries that sat unacknowledged
+//! past a visibility timeout are reclaimed and retried with backoff; poison
+//! entries are dead-lettered after `max_deliveries`. On request: per-key order
+//! and an idempotency guard that runs a duplicate's handler once.
 //!
 //! ```no_run
-//! use streambus::{Client, Consumer, ConsumerOptions, Message, Producer, ProducerOptions};
+//! use streambus::{Client, Delivery, Message, Outcome, Producer, Worker};
+//! use streambus::{CancellationToken, ProducerOptions, WorkerOptions};
 //!
 //! # async fn run() -> streambus::Result<()> {
 //! let client = Client::open("redis://127.0.0.1:6379")?;
-//! let producer = Producer::new(client.connect().await?, ProducerOptions::default());
-//! producer
-//!     .publish("aurora:alerts", Message::json(&serde_json::json!({"severity": "high"}))?)
-//!     .await?;
 //!
-//! let mut consumer = Consumer::new(
-//!     &client,
-//!     "aurora:alerts",
-//!     "alert-processor",
-//!     "worker-1",
-//!     ConsumerOptions::default(),
-//! )
-//! .await?;
-//! let batch = consumer.next_batch().await?;
-//! for entry in &batch {
-//!     if let Some(envelope) = entry.envelope()? {
-//!         println!("{} {}", envelope.id, envelope.data);
-//!     }
-//! }
-//! let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
-//! consumer.ack(&ids).await?;
+//! let producer = Producer::new(&client, ProducerOptions::default()).await?;
+//! let alert = serde_json::json!({"severity": "high", "host": "web-1"});
+//! producer.publish("aurora:alerts", Message::json(&alert)?).await?;
+//!
+//! let options = WorkerOptions { concurrency: 16, ..Default::default() };
+//! let worker = Worker::new(&client, "aurora:alerts", "alert-processor", options);
+//! let shutdown = CancellationToken::new(); // cancel it to stop gracefully
+//! let report = worker
+//!     .run(|d: Delivery| async move {
+//!         let alert: serde_json::Value = d.decode()?; // not JSON: dead-lettered
+//!         println!("{} {}", d.entry.id, alert["host"]);
+//!         Ok::<_, streambus::Error>(Outcome::Ack)
+//!     }, shutdown)
+//!     .await?;
+//! println!("acked {}", report.acked);
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! # Layout
 //!
-//! - [`connection`]: [`Client`] (where Redis is: one server or a cluster) and
-//!   [`Connection`]s by role (shared, or one per blocking reader).
-//! - [`envelope`]: the wire format ([`Message`] to publish, [`Envelope`] decoded).
-//! - [`entry`]: what reads return ([`Entry`] with its raw [`Fields`]).
-//! - [`id`]: typed stream ids ([`EntryId`], [`StartId`]).
-//! - [`producer`]: [`Producer`], pipelined XADD with trimming ([`Retention`]).
-//! - [`read`]: reading without a group (XRANGE, XREVRANGE, XREAD).
-//! - [`consumer`]: [`Consumer`], group reads and acknowledgements.
-//! - [`worker`]: [`Worker`], the handler runtime: concurrency, batched acks,
-//!   retries with backoff, reclaim, dead letters, graceful shutdown.
-//! - [`handler`]: [`Handler`], [`Delivery`] and the handler's [`Outcome`].
-//! - [`claim`]: the reclaim decisions (pure) and XPENDING/XCLAIM, over the
-//!   one [`PendingEntry`](claim::PendingEntry).
-//! - [`dead_letter`]: the dead-letter stream: atomic move, list, replay, purge.
-//! - [`backoff`]: exponential [`Backoff`] with jitter (pure).
-//! - [`monitor`]: stream/group/consumer snapshots ([`StreamSnapshot`]), the
-//!   consumer [`Status`] (pure), and the safe [`cleanup`](monitor::cleanup) of
-//!   dead consumers; one file each under `monitor/`.
-//! - [`scaler`]: the reference IN/OUT/NO_SCALE rule
-//!   ([`rate_and_suggestion`](scaler::rate_and_suggestion)), the throughput
-//!   [`Advisor`] (both pure) and the [`Sample`] they read;
-//!   one file each under `scaler/`.
-//! - [`group`]: create, destroy and list consumer groups.
-//! - [`keys`]: every key name streambus builds (dead letters, hash tags).
-//! - [`metrics`]: metric names (Prometheus-style) recorded through the `metrics` facade.
-//! - [`partition`]: partitioned streams for Redis Cluster (routing, workers, totals).
-//! - [`preflight`]: warnings about server settings that weaken the guarantees.
-//! - [`config`]: parsers for durations and sizes.
-//! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
+//! Every component is built the same way: `X::new(&client, what it works on,
+//! XOptions)`, `async` where it connects (and then checks the connection, so
+//! a wrong address or password fails there).
 //!
-//! Internal: `reply` parses every Redis reply (`XREAD`, `XPENDING`,
-//! `XINFO STREAM | GROUPS | CONSUMERS`) in one place, one type per reply, and
-//! treats a malformed reply as an error, never as a default.
+//! - [`Client`]: where Redis is (`redis://`, `rediss://` with [`TlsOptions`],
+//!   a cluster), and [`Connection`]s that reconnect by themselves.
+//! - [`Producer`]: pipelined XADD with trimming ([`Retention`]).
+//! - [`Consumer`]: group reads and acknowledgements, by hand.
+//! - [`Worker`]: runs a [`Handler`] over a group: concurrency, batched acks,
+//!   retries with [`Backoff`], reclaim, dead letters, graceful shutdown. The
+//!   handler gets a [`Delivery`] and answers with an [`Outcome`].
+//! - [`Message`] is what is published, [`Envelope`] what is decoded
+//!   ([`envelope`] holds the wire format); reads return [`Entry`]s with their
+//!   raw [`Fields`] and an [`EntryId`].
+//! - [`Error`] with an [`ErrorKind`] to match on.
+//! - [`read`]: reading without a group (XRANGE, XREAD), for tails and tools.
+//! - [`partition`]: partitioned streams for Redis Cluster.
+//! - [`admin`]: monitor, cleanup, scaler, dead letters, groups, preflight.
+//! - [`metrics`]: the metric names, recorded through the `metrics` facade.
+//! - [`config`]: parsers for durations and sizes; [`keys`]: the key names
+//!   streambus builds.
+//! - [`redis`]: the redis-rs crate streambus is built on, re-exported for raw
+//!   commands: a [`Connection`] implements its `aio::ConnectionLike`.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::panic, clippy::unwrap_used))]
 
-pub mod backoff;
-pub mod claim;
+pub mod admin;
+mod backoff;
+mod claim;
 pub mod config;
-pub mod connection;
-pub mod consumer;
-pub mod dead_letter;
-pub mod entry;
+mod connection;
+mod consumer;
+mod entry;
 pub mod envelope;
-pub mod error;
-pub mod group;
-pub mod handler;
-pub mod id;
+mod error;
+mod handler;
+mod id;
 pub mod keys;
 pub mod metrics;
-pub mod monitor;
 pub mod partition;
-pub mod preflight;
-pub mod producer;
+mod producer;
 pub mod read;
 mod reply;
-pub mod scaler;
-pub mod worker;
+mod worker;
+
+/// The README's Rust examples, compiled as doctests so that they match the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
+
+/// The redis-rs crate that streambus is built on, re-exported on purpose: a
+/// [`Connection`] implements [`redis::aio::ConnectionLike`], so that raw
+/// commands (`redis::cmd("XLEN").arg(key).query_async(&mut conn)`) go through
+/// the same reconnecting connection, with the same redis-rs version.
+pub use redis;
 
 pub use backoff::Backoff;
-pub use connection::{Client, ConnectOptions, Connection};
-pub use consumer::{Consumer, ConsumerOptions};
+#[doc(hidden)]
+pub use backoff::Jitter;
+pub use connection::{Client, ConnectOptions, Connection, TlsOptions};
+pub use consumer::{default_consumer_name, Consumer, ConsumerOptions};
 pub use entry::{Entry, Fields};
 pub use envelope::{Envelope, Message};
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{Delivery, Handler, Outcome};
 pub use id::{EntryId, StartId};
-pub use monitor::{CleanupOptions, CleanupReport, Monitor, MonitorOptions, Status, StreamSnapshot};
 pub use producer::{Producer, ProducerOptions, Retention};
-pub use scaler::{Advice, Advisor, AdvisorConfig, Sample, Suggestion};
 /// The cancellation token that stops a [`Worker`] (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerOptions, WorkerReport};

@@ -23,16 +23,16 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::admin::monitor::{self, MonitorOptions, StreamSnapshot};
+use crate::admin::scaler::{self, Sample};
 use crate::connection::{Client, Connection};
 use crate::envelope::Message;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Delivery, Handler};
 use crate::id::EntryId;
 use crate::keys;
-use crate::monitor::{self, MonitorOptions, StreamSnapshot};
-use crate::producer::Producer;
+use crate::producer::{Producer, ProducerOptions};
 use crate::reply;
-use crate::scaler::{self, Sample};
 use crate::worker::{Worker, WorkerOptions, WorkerReport};
 use tokio_util::sync::CancellationToken;
 
@@ -115,17 +115,33 @@ pub struct PartitionedProducer {
     next: Arc<AtomicUsize>,
 }
 
-impl PartitionedProducer {
-    /// Publishes through `producer` to `partitions`.
-    pub fn new(producer: Producer, partitions: Partitions) -> Self {
+impl Producer {
+    /// This producer (its connection and pipelines shared) publishing to
+    /// `partitions`: for an application that publishes to plain and
+    /// partitioned streams alike.
+    pub fn partitioned(&self, partitions: Partitions) -> PartitionedProducer {
         // Start the turns at a random partition: short-lived publishers (one
         // `streambus publish` per message) would otherwise all hit partition 0.
         let start = (crate::backoff::Jitter::new().next_unit() * partitions.len() as f64) as usize;
         PartitionedProducer {
-            producer,
+            producer: self.clone(),
             partitions: Arc::new(partitions),
             next: Arc::new(AtomicUsize::new(start)),
         }
+    }
+}
+
+impl PartitionedProducer {
+    /// A producer for `client` that publishes to `partitions`, on a
+    /// connection of its own (see [`Producer::new`]).
+    pub async fn new(
+        client: &Client,
+        partitions: Partitions,
+        options: ProducerOptions,
+    ) -> Result<Self> {
+        Ok(Producer::new(client, options)
+            .await?
+            .partitioned(partitions))
     }
 
     /// The partitions.
@@ -212,24 +228,23 @@ pub struct PartitionedWorker {
     client: Client,
     partitions: Partitions,
     group: String,
-    consumer: Option<String>,
     options: WorkerOptions,
     member: Option<(usize, usize)>,
 }
 
 impl PartitionedWorker {
-    /// A worker for `group` on every partition.
+    /// A worker for `group` on every partition (the same
+    /// [`WorkerOptions::consumer_name`] on each).
     pub fn new(
-        client: Client,
+        client: &Client,
         partitions: Partitions,
         group: impl Into<String>,
         options: WorkerOptions,
     ) -> Self {
         PartitionedWorker {
-            client,
+            client: client.clone(),
             partitions,
             group: group.into(),
-            consumer: None,
             options,
             member: None,
         }
@@ -253,12 +268,6 @@ impl PartitionedWorker {
             .collect()
     }
 
-    /// Sets the consumer name (the same on every partition).
-    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
-        self.consumer = Some(name.into());
-        self
-    }
-
     /// Runs until `shutdown`, then stops every partition's worker gracefully and
     /// returns their reports added up. Fails if any partition's worker fails to
     /// start.
@@ -280,21 +289,13 @@ impl PartitionedWorker {
         // One check of the server's settings for all partitions' workers, not
         // one (and the same warnings) per partition.
         if let Ok(mut conn) = self.client.connect().await {
-            crate::preflight::warn_about(&mut conn).await;
+            crate::admin::preflight::warn_about(&mut conn).await;
         }
         let handler = Arc::new(handler);
         let mut runs = Vec::with_capacity(self.partitions.len());
         for key in self.assigned() {
-            let mut worker = Worker::new(
-                self.client.clone(),
-                key,
-                self.group.as_str(),
-                self.options.clone(),
-            )
-            .without_preflight();
-            if let Some(name) = &self.consumer {
-                worker = worker.consumer_name(name.as_str());
-            }
+            let worker = Worker::new(&self.client, key, self.group.as_str(), self.options.clone())
+                .without_preflight();
             let h = handler.clone();
             runs.push(worker.run(
                 move |d: Delivery| {
@@ -393,7 +394,7 @@ pub async fn snapshot(
 }
 
 /// One scaler [`Sample`] of `group` over all partitions, for
-/// [`crate::scaler`] and the [`crate::Advisor`]: the counters, the pending
+/// [`crate::admin::scaler`] and the [`Advisor`](crate::admin::scaler::Advisor): the counters, the pending
 /// count and the lag added up (the lag is unknown if it is on any partition),
 /// and as consumers the number of distinct consumer names. A member process
 /// has one consumer, under one name, on each partition it serves, so that
@@ -442,7 +443,7 @@ pub async fn sample(conn: &mut Connection, partitions: &Partitions, group: &str)
         None => Err(Error::new(
             ErrorKind::NoStream,
             format!(
-                "stream {stream:?} does not exist: none of its {} partitions does (publish to it first, or check --partitions)",
+                "stream {stream:?} does not exist: none of its {} partitions does (publish to it first, or check the number of partitions)",
                 partitions.len()
             ),
         )),

@@ -6,10 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use streambus::monitor::{self, MonitorOptions};
+use streambus::admin::dead_letter;
+use streambus::admin::monitor::{self, MonitorOptions};
 use streambus::{
-    dead_letter, CancellationToken, Client, Connection, Delivery, ErrorKind, Message, Outcome,
-    Producer, ProducerOptions, Worker, WorkerOptions,
+    CancellationToken, Client, Delivery, ErrorKind, Message, Outcome, Producer, ProducerOptions,
+    Worker, WorkerOptions,
 };
 use streambus_testkit::{AclUser, RedisServer, ServerOptions};
 use tokio::time::Instant;
@@ -26,10 +27,13 @@ fn user(name: &str, rules: &str) -> AclUser {
     AclUser::new(name, "pw-for-tests", rules.split(' '))
 }
 
-/// Publishes one message through `conn`, which must be refused for lack of a
-/// permission; the error.
-async fn refused_publish(conn: Connection, stream: &str) -> streambus::Error {
-    let err = Producer::new(conn, ProducerOptions::default())
+/// Publishes one message as the user of `url`, which must be refused for lack
+/// of a permission; the error.
+async fn refused_publish(url: &str, stream: &str) -> streambus::Error {
+    let client = Client::open(url).unwrap();
+    let err = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap()
         .publish(stream, Message::json(&1).unwrap())
         .await
         .unwrap_err();
@@ -54,10 +58,9 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
 
     // Producer: publishes.
     let producer_client = Client::open(&url("producer")).unwrap();
-    let producer = Producer::new(
-        producer_client.connect().await.unwrap(),
-        ProducerOptions::default(),
-    );
+    let producer = Producer::new(&producer_client, ProducerOptions::default())
+        .await
+        .unwrap();
     for i in 0..10 {
         producer
             .publish(stream, Message::json(&i).unwrap())
@@ -68,16 +71,16 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     // Worker: reads, acks, retries and dead-letters through the group.
     let stop = CancellationToken::new();
     let worker = Worker::new(
-        Client::open(&url("worker")).unwrap(),
+        &Client::open(&url("worker")).unwrap(),
         stream,
         "alert-processor",
         WorkerOptions {
+            consumer_name: Some("w1".into()),
             block: Duration::from_millis(50),
             reclaim_interval: Duration::from_millis(10),
             ..Default::default()
         },
-    )
-    .consumer_name("w1");
+    );
     let task = tokio::spawn(worker.run(
         |d: Delivery| async move {
             let n: i64 = d.decode().unwrap();
@@ -115,11 +118,10 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     // The monitor role cannot write.
     let mut admin = connect(&redis.url()).await;
     assert_eq!(dead_letter::count(&mut admin, stream).await.unwrap(), 1);
-    refused_publish(mon.clone(), stream).await;
+    refused_publish(&url("monitor"), stream).await;
 
     // A missing command permission: the error names the command and the key.
-    let c = connect(&url("producer-without-xadd")).await;
-    let err = refused_publish(c, stream).await;
+    let err = refused_publish(&url("producer-without-xadd"), stream).await;
     let text = err.to_string();
     assert!(
         text.contains("XADD") && text.contains("aurora:alerts"),
@@ -132,8 +134,7 @@ async fn each_role_works_with_the_documented_rules_and_no_more() {
     assert!(text.contains("ACL"), "{text}");
 
     // A missing key permission: the same.
-    let c = connect(&url("producer-other-keys")).await;
-    let err = refused_publish(c, stream).await;
+    let err = refused_publish(&url("producer-other-keys"), stream).await;
     assert!(err.to_string().contains("aurora:alerts"), "{err}");
 }
 
@@ -153,13 +154,11 @@ async fn the_idempotency_guard_works_with_its_documented_rules() {
     let url = |u: &str| redis.url_for_user(u, "pw-for-tests");
     let stream = "aurora:guarded";
     let producer = Producer::new(
-        Client::open(&url("producer"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
+        &Client::open(&url("producer")).unwrap(),
         ProducerOptions::default(),
-    );
+    )
+    .await
+    .unwrap();
     // Every envelope twice, as a retried publish writes it.
     for i in 0..20 {
         let m = Message::json(&i).unwrap();
@@ -167,7 +166,7 @@ async fn the_idempotency_guard_works_with_its_documented_rules() {
         producer.publish(stream, m).await.unwrap();
     }
     let mut conn = connect(&redis.url()).await;
-    streambus::group::create_group(&mut conn, stream, "g", streambus::StartId::Beginning)
+    streambus::admin::group::create_group(&mut conn, stream, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
     let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -175,7 +174,7 @@ async fn the_idempotency_guard_works_with_its_documented_rules() {
     let stop = CancellationToken::new();
     let worker = tokio::spawn(
         Worker::new(
-            Client::open(&url("guarded")).unwrap(),
+            &Client::open(&url("guarded")).unwrap(),
             stream,
             "g",
             WorkerOptions {

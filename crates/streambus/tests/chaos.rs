@@ -15,10 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::Value;
-use streambus::backoff::Jitter;
+use streambus::admin::dead_letter;
+use streambus::Jitter;
 use streambus::{
-    dead_letter, Backoff, CancellationToken, Client, Delivery, Message, Producer, ProducerOptions,
-    Worker, WorkerOptions,
+    Backoff, CancellationToken, Client, Delivery, Message, Producer, ProducerOptions, Worker,
+    WorkerOptions,
 };
 use streambus_testkit::{Appendfsync, RedisServer, ServerOptions};
 use tokio::time::Instant;
@@ -52,8 +53,15 @@ async fn chaos_worker_process() {
         reconnect_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(300)),
         ..Default::default()
     };
-    let worker =
-        Worker::new(Client::open(&url).unwrap(), STREAM, GROUP, options).consumer_name(name);
+    let worker = Worker::new(
+        &Client::open(&url).unwrap(),
+        STREAM,
+        GROUP,
+        WorkerOptions {
+            consumer_name: Some(name),
+            ..options
+        },
+    );
     let stop = CancellationToken::new();
     let on_term = stop.clone();
     tokio::spawn(async move {
@@ -154,7 +162,7 @@ async fn settled(url: &str) -> bool {
     let Ok(mut conn) = client.connect().await else {
         return false;
     };
-    let Ok(groups) = streambus::group::list_groups(&mut conn, STREAM).await else {
+    let Ok(groups) = streambus::admin::group::list_groups(&mut conn, STREAM).await else {
         return false;
     };
     groups
@@ -172,8 +180,9 @@ async fn chaos_nothing_is_lost() {
         ..Default::default()
     });
     let url = redis.url();
-    let conn = Client::open(&url).unwrap().connect().await.unwrap();
-    streambus::group::create_group(
+    let client = Client::open(&url).unwrap();
+    let conn = client.connect().await.unwrap();
+    streambus::admin::group::create_group(
         &mut conn.clone(),
         STREAM,
         GROUP,
@@ -181,7 +190,9 @@ async fn chaos_nothing_is_lost() {
     )
     .await
     .unwrap();
-    let producer = Producer::new(conn.clone(), ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap();
     let mut published = HashSet::new();
     let messages: Vec<Message> = (0..MESSAGES)
         .map(|i| Message::json(&serde_json::json!({"n": i})).unwrap())

@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streambus::monitor::{self, MonitorOptions};
+use streambus::admin::dead_letter;
+use streambus::admin::monitor::{self, MonitorOptions};
 use streambus::{
-    dead_letter, keys, Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer,
+    keys, Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer,
     ProducerOptions, Worker, WorkerOptions,
 };
 use streambus_testkit::RedisCluster;
@@ -25,7 +26,9 @@ async fn everything_works_on_a_cluster() {
     let streams: Vec<String> = (0..6).map(|i| format!("c:stream{i}")).collect();
     let slots: HashSet<u16> = streams.iter().map(|s| keys::slot(s)).collect();
     assert!(slots.len() > 1);
-    let producer = Producer::new(conn.clone(), ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for s in &streams {
         for i in 0..100 {
@@ -54,18 +57,18 @@ async fn everything_works_on_a_cluster() {
     for s in &streams {
         let seen = seen.clone();
         let worker = Worker::new(
-            client.clone(),
+            &client,
             s.as_str(),
             "g",
             WorkerOptions {
+                consumer_name: Some("w1".into()),
                 block: Duration::from_millis(100),
                 reclaim_interval: Duration::from_millis(20),
                 retry_backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(20)),
                 max_deliveries: 2,
                 ..Default::default()
             },
-        )
-        .consumer_name("w1");
+        );
         workers.push(tokio::spawn(worker.run(
             move |d: Delivery| {
                 let seen = seen.clone();

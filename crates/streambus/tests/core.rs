@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use streambus::admin::group;
 use streambus::{
-    group, Client, Connection, Consumer, ConsumerOptions, EntryId, ErrorKind, Message, Producer,
+    Client, Connection, Consumer, ConsumerOptions, EntryId, ErrorKind, Message, Producer,
     ProducerOptions, Retention, StartId,
 };
 use streambus_testkit::{unique_prefix, RedisServer, ServerOptions};
@@ -26,8 +27,10 @@ async fn connect() -> (Client, Connection) {
     (client, conn)
 }
 
-fn producer(conn: &Connection) -> Producer {
-    Producer::new(conn.clone(), ProducerOptions::default())
+async fn producer(client: &Client) -> Producer {
+    Producer::new(client, ProducerOptions::default())
+        .await
+        .unwrap()
 }
 
 async fn xlen(conn: &mut Connection, key: &str) -> u64 {
@@ -56,12 +59,12 @@ fn opts(batch_size: usize, max_wait: Duration) -> ConsumerOptions {
 
 #[tokio::test]
 async fn envelope_is_readable_by_reference_code() {
-    let (_, mut conn) = connect().await;
+    let (client, mut conn) = connect().await;
     let s = format!("{}alerts", unique_prefix("env"));
     let payload = serde_json::json!({"rule": "ssh-bruteforce", "severity": 7, "host": "<b>x</b>"});
     let msg = Message::json(&payload).unwrap();
     let envelope_id = msg.envelope_id().unwrap().to_owned();
-    let id = producer(&conn).publish(&s, msg).await.unwrap();
+    let id = producer(&client).await.publish(&s, msg).await.unwrap();
 
     let entries = xrange(&mut conn, &s).await;
     assert_eq!(entries.len(), 1);
@@ -107,9 +110,17 @@ async fn reference_and_raw_entries_are_delivered() {
         .await
         .unwrap();
 
-    let mut c = Consumer::new(&client, &s, "g", "c1", opts(10, Duration::from_millis(50)))
-        .await
-        .unwrap();
+    let mut c = Consumer::new(
+        &client,
+        &s,
+        "g",
+        ConsumerOptions {
+            consumer_name: Some("c1".into()),
+            ..opts(10, Duration::from_millis(50))
+        },
+    )
+    .await
+    .unwrap();
     let batch = c.next_batch().await.unwrap();
     assert_eq!(batch.len(), 2);
     let env = batch[0].envelope().unwrap().expect("an envelope");
@@ -125,9 +136,9 @@ async fn reference_and_raw_entries_are_delivered() {
 
 #[tokio::test]
 async fn concurrent_publishes_are_all_written_in_order_per_caller() {
-    let (_, mut conn) = connect().await;
+    let (client, mut conn) = connect().await;
     let s = format!("{}many", unique_prefix("concurrent"));
-    let p = producer(&conn);
+    let p = producer(&client).await;
     let mut tasks = Vec::new();
     for t in 0..50 {
         let p = p.clone();
@@ -156,11 +167,15 @@ async fn concurrent_publishes_are_all_written_in_order_per_caller() {
 
 #[tokio::test]
 async fn publish_batch_returns_ids_in_order() {
-    let (_, mut conn) = connect().await;
+    let (client, mut conn) = connect().await;
     let s = format!("{}batch", unique_prefix("batch"));
     // 12 pipelines of 128, 8 at once: still appended in the order given.
     let msgs = (0..1500).map(|i| Message::json(&i).unwrap());
-    let ids = producer(&conn).publish_batch(&s, msgs).await.unwrap();
+    let ids = producer(&client)
+        .await
+        .publish_batch(&s, msgs)
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 1500);
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(xlen(&mut conn, &s).await, 1500);
@@ -172,10 +187,10 @@ async fn publish_batch_returns_ids_in_order() {
 
 #[tokio::test]
 async fn retention_trims_in_the_xadd() {
-    let (_, mut conn) = connect().await;
+    let (client, mut conn) = connect().await;
     let prefix = unique_prefix("retention");
     let exact = Producer::new(
-        conn.clone(),
+        &client,
         ProducerOptions {
             retention: Retention::MaxLen {
                 len: 100,
@@ -183,7 +198,9 @@ async fn retention_trims_in_the_xadd() {
             },
             ..Default::default()
         },
-    );
+    )
+    .await
+    .unwrap();
     let s1 = format!("{prefix}exact");
     exact
         .publish_batch(&s1, (0..1000).map(|i| Message::json(&i).unwrap()))
@@ -192,12 +209,14 @@ async fn retention_trims_in_the_xadd() {
     assert_eq!(xlen(&mut conn, &s1).await, 100);
 
     let approx = Producer::new(
-        conn.clone(),
+        &client,
         ProducerOptions {
             retention: Retention::max_len(100),
             ..Default::default()
         },
-    );
+    )
+    .await
+    .unwrap();
     let s2 = format!("{prefix}approx");
     approx
         .publish_batch(&s2, (0..1000).map(|i| Message::json(&i).unwrap()))
@@ -221,12 +240,14 @@ async fn retention_trims_in_the_xadd() {
     }
     let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
     let by_age = Producer::new(
-        conn.clone(),
+        &client,
         ProducerOptions {
             retention: Retention::MaxAge(Duration::from_secs(3600)),
             ..Default::default()
         },
-    );
+    )
+    .await
+    .unwrap();
     by_age
         .publish(&s3, Message::json(&"new").unwrap())
         .await
@@ -242,9 +263,9 @@ async fn retention_trims_in_the_xadd() {
 
 #[tokio::test]
 async fn oversized_messages_are_refused_before_redis() {
-    let (_, mut conn) = connect().await;
+    let (client, mut conn) = connect().await;
     let s = format!("{}big", unique_prefix("big"));
-    let p = producer(&conn);
+    let p = producer(&client).await;
     let big = "x".repeat(1024 * 1024 + 1);
     let err = p
         .publish(&s, Message::raw([("blob", big.clone())]))
@@ -277,7 +298,7 @@ async fn oversized_messages_are_refused_before_redis() {
 async fn group_setup_is_idempotent_and_honours_start() {
     let (client, mut conn) = connect().await;
     let s = format!("{}groups", unique_prefix("groups"));
-    let p = producer(&conn);
+    let p = producer(&client).await;
     let first = p.publish(&s, Message::json(&"old").unwrap()).await.unwrap();
     assert!(
         group::create_group(&mut conn, &s, "from-start", StartId::Beginning)
@@ -302,9 +323,17 @@ async fn group_setup_is_idempotent_and_honours_start() {
         ("only-new", vec![second]),
         ("after-first", vec![second]),
     ] {
-        let mut c = Consumer::new(&client, &s, g, "c", opts(10, Duration::from_millis(20)))
-            .await
-            .unwrap();
+        let mut c = Consumer::new(
+            &client,
+            &s,
+            g,
+            ConsumerOptions {
+                consumer_name: Some("c".into()),
+                ..opts(10, Duration::from_millis(20))
+            },
+        )
+        .await
+        .unwrap();
         let got: Vec<EntryId> = c.next_batch().await.unwrap().iter().map(|e| e.id).collect();
         assert_eq!(got, expect, "group {g}");
     }
@@ -324,16 +353,24 @@ async fn group_setup_is_idempotent_and_honours_start() {
 
 #[tokio::test]
 async fn next_batch_returns_when_full_or_after_max_wait() {
-    let (client, conn) = connect().await;
+    let (client, _) = connect().await;
     let s = format!("{}batches", unique_prefix("batches"));
-    let p = producer(&conn);
+    let p = producer(&client).await;
     p.publish_batch(&s, (0..25).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap();
     let max_wait = Duration::from_millis(300);
-    let mut c = Consumer::new(&client, &s, "g", "c", opts(10, max_wait))
-        .await
-        .unwrap();
+    let mut c = Consumer::new(
+        &client,
+        &s,
+        "g",
+        ConsumerOptions {
+            consumer_name: Some("c".into()),
+            ..opts(10, max_wait)
+        },
+    )
+    .await
+    .unwrap();
     // Full batches come back without waiting for max_wait.
     let t = Instant::now();
     assert_eq!(c.next_batch().await.unwrap().len(), 10);
@@ -366,9 +403,17 @@ async fn blocking_reads_outlast_the_default_response_timeout() {
     // that must still end in an empty read, not a timeout error.
     let (client, _) = connect().await;
     let s = format!("{}slow", unique_prefix("block"));
-    let mut c = Consumer::new(&client, &s, "g", "c", opts(10, Duration::from_millis(1200)))
-        .await
-        .unwrap();
+    let mut c = Consumer::new(
+        &client,
+        &s,
+        "g",
+        ConsumerOptions {
+            consumer_name: Some("c".into()),
+            ..opts(10, Duration::from_millis(1200))
+        },
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     let got = c.read(10, Some(Duration::from_millis(1200))).await.unwrap();
     assert!(got.is_empty());
@@ -379,7 +424,7 @@ async fn blocking_reads_outlast_the_default_response_timeout() {
 async fn a_restarted_consumer_resumes_its_own_pending_entries() {
     let (client, mut conn) = connect().await;
     let s = format!("{}resume", unique_prefix("resume"));
-    let p = producer(&conn);
+    let p = producer(&client).await;
     let ids = p
         .publish_batch(&s, (0..8).map(|i| Message::json(&i).unwrap()))
         .await
@@ -389,8 +434,10 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
             &client,
             &s,
             "g",
-            "worker-1",
-            opts(5, Duration::from_millis(20)),
+            ConsumerOptions {
+                consumer_name: Some("worker-1".into()),
+                ..opts(5, Duration::from_millis(20))
+            },
         )
         .await
         .unwrap();
@@ -406,8 +453,10 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
         &client,
         &s,
         "g",
-        "worker-1",
-        opts(3, Duration::from_millis(20)),
+        ConsumerOptions {
+            consumer_name: Some("worker-1".into()),
+            ..opts(3, Duration::from_millis(20))
+        },
     )
     .await
     .unwrap();
@@ -434,13 +483,22 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
 async fn ack_and_delete_removes_entries() {
     let (client, mut conn) = connect().await;
     let s = format!("{}ackdel", unique_prefix("ackdel"));
-    producer(&conn)
+    producer(&client)
+        .await
         .publish_batch(&s, (0..4).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap();
-    let mut c = Consumer::new(&client, &s, "g", "c", opts(4, Duration::from_millis(20)))
-        .await
-        .unwrap();
+    let mut c = Consumer::new(
+        &client,
+        &s,
+        "g",
+        ConsumerOptions {
+            consumer_name: Some("c".into()),
+            ..opts(4, Duration::from_millis(20))
+        },
+    )
+    .await
+    .unwrap();
     let batch = c.next_batch().await.unwrap();
     let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
     assert_eq!(c.ack_and_delete(&ids[..2]).await.unwrap(), 2);
@@ -463,8 +521,8 @@ async fn errors_say_what_is_wrong() {
         &client,
         &s,
         "missing",
-        "c",
         ConsumerOptions {
+            consumer_name: Some("c".into()),
             create_group: false,
             ..Default::default()
         },
@@ -485,7 +543,8 @@ async fn errors_say_what_is_wrong() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let err = producer(&conn)
+    let err = producer(&client)
+        .await
         .publish(&k, Message::json(&1).unwrap())
         .await
         .unwrap_err();
@@ -538,7 +597,8 @@ async fn wrong_password_is_an_auth_error_that_hides_the_password() {
 async fn plain_reads_do_not_touch_groups() {
     let (client, conn) = connect().await;
     let s = format!("{}plain", unique_prefix("read"));
-    let ids = producer(&conn)
+    let ids = producer(&client)
+        .await
         .publish_batch(&s, (0..10).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap();
@@ -584,7 +644,9 @@ async fn plain_reads_do_not_touch_groups() {
 #[tokio::test]
 async fn preflight_reports_the_servers_settings() {
     let (_, mut conn) = connect().await;
-    let settings = streambus::preflight::inspect(&mut conn).await.unwrap();
+    let settings = streambus::admin::preflight::inspect(&mut conn)
+        .await
+        .unwrap();
     let (major, _, _) = settings.version.unwrap();
     assert!(major >= 7);
     // The test server runs without persistence (the testkit's default).

@@ -6,8 +6,8 @@
 
 use proptest::prelude::*;
 use streambus::config::{format_duration, parse_bytes, parse_duration, percent_decode};
-use streambus::connection::TlsOptions;
 use streambus::envelope::{format_timestamp, parse_timestamp, Envelope};
+use streambus::TlsOptions;
 use streambus::{Client, ConnectOptions, EntryId, Fields, Message, StartId};
 
 /// Field names that matter to the decoder, mixed with arbitrary ones.

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use streambus::monitor::{self, MonitorOptions};
+use streambus::admin::dead_letter;
+use streambus::admin::monitor::{self, MonitorOptions};
 use streambus::{
-    dead_letter, Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer,
-    ProducerOptions, Worker, WorkerOptions,
+    Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer, ProducerOptions,
+    Worker, WorkerOptions,
 };
 use streambus_testkit::RedisServer;
 use tokio::time::Instant;
@@ -71,7 +72,9 @@ async fn hostile_entries_never_block_the_group() {
         .await
         .unwrap();
     // Good ones after all of that.
-    let producer = Producer::new(conn.clone(), ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap();
     producer
         .publish_batch(s, (0..20).map(|i| Message::json(&i).unwrap()))
         .await
@@ -88,7 +91,15 @@ async fn hostile_entries_never_block_the_group() {
         max_deliveries: 2,
         ..Default::default()
     };
-    let worker = Worker::new(client.clone(), s, "g", options).consumer_name("w1");
+    let worker = Worker::new(
+        &client,
+        s,
+        "g",
+        WorkerOptions {
+            consumer_name: Some("w1".into()),
+            ..options
+        },
+    );
     let task = tokio::spawn(worker.run(
         move |d: Delivery| {
             let counter = counter.clone();
@@ -110,7 +121,7 @@ async fn hostile_entries_never_block_the_group() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let groups = streambus::group::list_groups(&mut conn, s)
+        let groups = streambus::admin::group::list_groups(&mut conn, s)
             .await
             .unwrap_or_default();
         let settled = groups
@@ -157,7 +168,15 @@ async fn an_entry_with_thousands_of_fields_can_be_dead_lettered_and_replayed() {
     }
     let _: String = wide.query_async(&mut conn).await.unwrap();
     let stop = CancellationToken::new();
-    let worker = Worker::new(client.clone(), s, "g", WorkerOptions::default()).consumer_name("w1");
+    let worker = Worker::new(
+        &client,
+        s,
+        "g",
+        WorkerOptions {
+            consumer_name: Some("w1".into()),
+            ..Default::default()
+        },
+    );
     let task = tokio::spawn(worker.run(
         |_d: Delivery| async { Outcome::dead_letter("too wide to handle") },
         stop.clone(),

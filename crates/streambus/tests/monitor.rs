@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply};
-use streambus::monitor::{self, CleanupOptions, MonitorOptions, SkipReason, Status};
-use streambus::scaler::{self, Suggestion};
+use streambus::admin::monitor::{self, CleanupOptions, MonitorOptions, SkipReason, Status};
+use streambus::admin::scaler::{self, Suggestion};
 use streambus::{Connection, ErrorKind};
 use streambus_testkit::{unique_prefix, RedisServer};
 

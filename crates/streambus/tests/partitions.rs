@@ -7,11 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use streambus::monitor::MonitorOptions;
+use streambus::admin::monitor::MonitorOptions;
 use streambus::partition::{self, PartitionedProducer, PartitionedWorker, Partitions};
 use streambus::{
-    keys, Backoff, CancellationToken, Client, Delivery, Message, Producer, ProducerOptions,
-    WorkerOptions,
+    keys, Backoff, CancellationToken, Client, Delivery, Message, ProducerOptions, WorkerOptions,
 };
 use streambus_testkit::RedisCluster;
 use tokio::time::Instant;
@@ -58,7 +57,6 @@ fn wait_for_replication(cluster: &RedisCluster) {
 async fn partitioned_stream_survives_a_master_failover() {
     let mut cluster = RedisCluster::start(3, 1);
     let client = Client::open(&cluster.url()).unwrap();
-    let conn = client.connect().await.unwrap();
     let partitions = Partitions::new("orders", PARTITIONS).unwrap();
     let masters: std::collections::HashSet<u16> = partitions
         .keys()
@@ -68,10 +66,10 @@ async fn partitioned_stream_survives_a_master_failover() {
     assert_eq!(masters.len(), 3, "6 partitions spread over the 3 masters");
 
     // Publish: keys interleaved, each key's entries in sequence.
-    let producer = PartitionedProducer::new(
-        Producer::new(conn.clone(), ProducerOptions::default()),
-        partitions.clone(),
-    );
+    let producer =
+        PartitionedProducer::new(&client, partitions.clone(), ProducerOptions::default())
+            .await
+            .unwrap();
     let all: Vec<Message> = (0..ENTRIES)
         .map(|n| {
             let key = n % KEYS;
@@ -93,10 +91,11 @@ async fn partitioned_stream_survives_a_master_failover() {
     for member in 0..WORKERS {
         let seen = seen.clone();
         let worker = PartitionedWorker::new(
-            client.clone(),
+            &client,
             partitions.clone(),
             "billing",
             WorkerOptions {
+                consumer_name: Some(format!("w{member}")),
                 concurrency: 64,
                 ordered_by_key: true,
                 block: Duration::from_millis(200),
@@ -110,7 +109,6 @@ async fn partitioned_stream_survives_a_master_failover() {
                 ..Default::default()
             },
         )
-        .consumer_name(format!("w{member}"))
         .member(member, WORKERS);
         runs.push(tokio::spawn(worker.run(
             move |d: Delivery| {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use streambus::connection::TlsOptions;
+use streambus::TlsOptions;
 use streambus::{
     Client, ConnectOptions, Consumer, ConsumerOptions, ErrorKind, Message, Producer,
     ProducerOptions,
@@ -34,8 +34,9 @@ fn with_ca(ca: std::path::PathBuf) -> ConnectOptions {
 async fn produce_consume_ack_over_tls() {
     let redis = tls_server(false);
     let client = Client::open_with(&redis.tls_url(), with_ca(redis.ca_cert_path())).unwrap();
-    let conn = client.connect().await.unwrap();
-    let producer = Producer::new(conn, ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap();
     let ids = producer
         .publish_batch("tls:s", (0..50).map(|i| Message::json(&i).unwrap()))
         .await
@@ -44,8 +45,8 @@ async fn produce_consume_ack_over_tls() {
         &client,
         "tls:s",
         "g",
-        "c1",
         ConsumerOptions {
+            consumer_name: Some("c1".into()),
             batch_size: 100,
             max_wait: Duration::from_millis(50),
             ..Default::default()
@@ -116,8 +117,9 @@ async fn mutual_tls_needs_the_client_certificate() {
         },
     )
     .unwrap();
-    let conn = with.connect().await.unwrap();
-    Producer::new(conn, ProducerOptions::default())
+    Producer::new(&with, ProducerOptions::default())
+        .await
+        .unwrap()
         .publish("tls:m", Message::json(&1).unwrap())
         .await
         .unwrap();

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use streambus::admin::dead_letter;
 use streambus::{
-    dead_letter, Backoff, CancellationToken, Client, Connection, Delivery, Handler, Message,
-    Outcome, Producer, ProducerOptions, Worker, WorkerOptions, WorkerReport,
+    Backoff, CancellationToken, Client, Delivery, Handler, Message, Outcome, Worker, WorkerOptions,
+    WorkerReport,
 };
 use streambus_testkit::{unique_prefix, Appendfsync, RedisServer, ServerOptions};
 use tokio::task::JoinHandle;
@@ -48,13 +49,22 @@ fn start<H: Handler>(
     CancellationToken,
 ) {
     let token = CancellationToken::new();
-    let worker = Worker::new(Client::open(url).unwrap(), stream, "g", options).consumer_name(name);
+    let worker = Worker::new(
+        &Client::open(url).unwrap(),
+        stream,
+        "g",
+        WorkerOptions {
+            consumer_name: Some(name.into()),
+            ..options
+        },
+    );
     let t = token.clone();
     (tokio::spawn(worker.run(handler, t)), token)
 }
 
-async fn publish_n(conn: &Connection, stream: &str, n: usize) -> Vec<streambus::EntryId> {
-    Producer::new(conn.clone(), ProducerOptions::default())
+async fn publish_n(url: &str, stream: &str, n: usize) -> Vec<streambus::EntryId> {
+    common::producer(url)
+        .await
         .publish_batch(stream, (0..n).map(|i| Message::json(&i).unwrap()))
         .await
         .unwrap()
@@ -65,7 +75,7 @@ async fn handles_and_acknowledges_everything() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}all", unique_prefix("worker"));
-    publish_n(&c, &s, 1000).await;
+    publish_n(&url, &s, 1000).await;
     let seen = Arc::new(AtomicU64::new(0));
     let counter = seen.clone();
     let (task, stop) = start(&url, &s, "w1", fast(), move |d: Delivery| {
@@ -91,7 +101,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}poison", unique_prefix("worker"));
-    let ids = publish_n(&c, &s, 20).await;
+    let ids = publish_n(&url, &s, 20).await;
     let poison = ids[7];
     let attempts = Arc::new(AtomicU32::new(0));
     let ok = Arc::new(AtomicU64::new(0));
@@ -203,7 +213,7 @@ async fn a_panicking_handler_does_not_kill_the_worker() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}panic", unique_prefix("worker"));
-    let ids = publish_n(&c, &s, 10).await;
+    let ids = publish_n(&url, &s, 10).await;
     let victim = ids[3];
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
@@ -232,7 +242,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}shutdown", unique_prefix("worker"));
-    publish_n(&c, &s, 50).await;
+    publish_n(&url, &s, 50).await;
     let started = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));
     let (st, fi) = (started.clone(), finished.clone());
@@ -272,7 +282,9 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
         0,
         "nothing left pending"
     );
-    let groups = streambus::group::list_groups(&mut c, &s).await.unwrap();
+    let groups = streambus::admin::group::list_groups(&mut c, &s)
+        .await
+        .unwrap();
     assert_eq!(
         groups[0].lag,
         Some(50 - n),
@@ -290,7 +302,7 @@ async fn shutdown_in_a_backlog_leaves_nothing_pending() {
     let mut c = connect(&url).await;
     let s = format!("{}backlog", unique_prefix("worker"));
     let total = 20_000;
-    publish_n(&c, &s, total).await;
+    publish_n(&url, &s, total).await;
     let handled = Arc::new(AtomicU64::new(0));
     let h = handled.clone();
     // Default settings: concurrency 256, reads of 128, so reads go ahead.
@@ -315,7 +327,9 @@ async fn shutdown_in_a_backlog_leaves_nothing_pending() {
     assert_eq!(report.delivered, n, "every delivered entry was handled");
     assert_eq!(report.acked, n);
     assert_eq!(pending_count(&mut c, &s, "g").await, 0, "nothing stranded");
-    let groups = streambus::group::list_groups(&mut c, &s).await.unwrap();
+    let groups = streambus::admin::group::list_groups(&mut c, &s)
+        .await
+        .unwrap();
     assert_eq!(
         groups[0].lag,
         Some(total as u64 - n),
@@ -328,8 +342,8 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}reclaim", unique_prefix("worker"));
-    publish_n(&c, &s, 30).await;
-    streambus::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
+    publish_n(&url, &s, 30).await;
+    streambus::admin::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
     // A consumer takes 30 entries and dies.
@@ -359,8 +373,8 @@ async fn a_restarted_worker_takes_back_its_own_entries_at_once() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}restart", unique_prefix("worker"));
-    publish_n(&c, &s, 5).await;
-    streambus::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
+    publish_n(&url, &s, 5).await;
+    streambus::admin::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
     read_as(&mut c, &s, "g", "w1", 5, ">").await;
@@ -389,7 +403,7 @@ async fn a_deleted_group_is_recreated() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}regroup", unique_prefix("worker"));
-    publish_n(&c, &s, 3).await;
+    publish_n(&url, &s, 3).await;
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
     let (task, stop) = start(&url, &s, "w1", fast(), move |_d: Delivery| {
@@ -400,10 +414,10 @@ async fn a_deleted_group_is_recreated() {
         done.load(Ordering::SeqCst) == 3
     })
     .await;
-    assert!(streambus::group::destroy_group(&mut c, &s, "g")
+    assert!(streambus::admin::group::destroy_group(&mut c, &s, "g")
         .await
         .unwrap());
-    publish_n(&c, &s, 2).await;
+    publish_n(&url, &s, 2).await;
     // Recreated from the beginning: the 3 old ones come again (at-least-once), plus 2 new.
     eventually(10, "after recreation", || async {
         done.load(Ordering::SeqCst) >= 8
@@ -423,9 +437,8 @@ async fn losing_redis_for_a_while_loses_nothing() {
         ..Default::default()
     });
     let url = redis.url();
-    let c = connect(&url).await;
     let s = "outage";
-    publish_n(&c, s, 200).await;
+    publish_n(&url, s, 200).await;
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let s2 = seen.clone();
     let (task, stop) = start(&url, s, "w1", fast(), move |d: Delivery| {
@@ -447,7 +460,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
     }
     redis.restart();
     let mut c = connect(&url).await;
-    publish_n(&c, s, 100).await;
+    publish_n(&url, s, 100).await;
     eventually(30, "all 300 handled", || async {
         seen.lock().unwrap().len() == 300
     })
@@ -465,9 +478,8 @@ async fn losing_redis_for_a_while_loses_nothing() {
 #[tokio::test]
 async fn entries_with_the_same_key_are_handled_in_order() {
     let url = server().url();
-    let c = connect(&url).await;
     let s = format!("{}ordered", unique_prefix("worker"));
-    let producer = Producer::new(c.clone(), ProducerOptions::default());
+    let producer = common::producer(&url).await;
     let msgs = (0..200).map(|i| {
         Message::json(&i)
             .unwrap()
@@ -518,7 +530,7 @@ async fn the_idempotency_guard_skips_duplicates() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}idem", unique_prefix("worker"));
-    let p = Producer::new(c.clone(), ProducerOptions::default());
+    let p = common::producer(&url).await;
     let m = Message::json(&"once").unwrap();
     // The same envelope written twice (a publish retried after a lost reply).
     p.publish(&s, m.clone()).await.unwrap();
@@ -541,7 +553,7 @@ async fn the_idempotency_guard_skips_duplicates() {
         let mut c = c.clone();
         let s = s.clone();
         async move {
-            let groups = streambus::group::list_groups(&mut c, &s)
+            let groups = streambus::admin::group::list_groups(&mut c, &s)
                 .await
                 .unwrap_or_default();
             groups

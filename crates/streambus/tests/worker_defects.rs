@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use streambus::admin::dead_letter;
 use streambus::{
-    dead_letter, keys, Backoff, CancellationToken, Client, Delivery, Handler, Message, Outcome,
-    Producer, ProducerOptions, Worker, WorkerOptions, WorkerReport,
+    keys, Backoff, CancellationToken, Client, Delivery, Handler, Message, Outcome, Producer,
+    ProducerOptions, Worker, WorkerOptions, WorkerReport,
 };
 use streambus_testkit::{unique_prefix, RedisCluster, RedisServer};
 use tokio::task::JoinHandle;
@@ -50,14 +51,22 @@ fn start<H: Handler>(
     CancellationToken,
 ) {
     let token = CancellationToken::new();
-    let worker = Worker::new(client, stream, "g", options).consumer_name(name);
+    let worker = Worker::new(
+        &client,
+        stream,
+        "g",
+        WorkerOptions {
+            consumer_name: Some(name.into()),
+            ..options
+        },
+    );
     (tokio::spawn(worker.run(handler, token.clone())), token)
 }
 
 /// Whether the group has read everything and has nothing pending.
 async fn settled(c: &streambus::Connection, s: &str) -> bool {
     let mut c = c.clone();
-    let groups = streambus::group::list_groups(&mut c, s)
+    let groups = streambus::admin::group::list_groups(&mut c, s)
         .await
         .unwrap_or_default();
     groups
@@ -76,7 +85,8 @@ async fn synchronous_panics(ordered_by_key: bool) {
             .unwrap()
             .with_key(format!("host-{}", i % 8))
     });
-    Producer::new(c.clone(), ProducerOptions::default())
+    common::producer(&url)
+        .await
         .publish_batch(&s, msgs)
         .await
         .unwrap();
@@ -161,7 +171,8 @@ async fn the_idempotency_guard_holds_at_concurrency_16() {
             [m.clone(), m]
         })
         .collect();
-    Producer::new(c.clone(), ProducerOptions::default())
+    common::producer(&url)
+        .await
         .publish_batch(&s, msgs)
         .await
         .unwrap();
@@ -189,9 +200,9 @@ async fn the_idempotency_guard_holds_across_two_workers() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}idem2", unique_prefix("defects"));
-    let producer = Producer::new(c.clone(), ProducerOptions::default());
+    let producer = common::producer(&url).await;
     let msgs: Vec<Message> = (0..300).map(|i| Message::json(&i).unwrap()).collect();
-    streambus::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
+    streambus::admin::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap_or_default();
     producer.publish_batch(&s, msgs.clone()).await.unwrap();
@@ -230,12 +241,14 @@ async fn a_waiting_dead_letter_move_does_not_stop_reading() {
     let s = "dlmove";
     let slot = keys::slot(s);
     assert_eq!(keys::slot(&keys::dead_letter(s)), slot);
-    let producer = Producer::new(c.clone(), ProducerOptions::default());
+    let producer = Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap();
     producer
         .publish(s, Message::json(&"poison").unwrap())
         .await
         .unwrap();
-    streambus::group::create_group(&mut c, s, "g", streambus::StartId::Beginning)
+    streambus::admin::group::create_group(&mut c, s, "g", streambus::StartId::Beginning)
         .await
         .unwrap();
     // A consumer takes it and dies: with max_deliveries 1 it is due for the
@@ -314,7 +327,7 @@ async fn dropping_the_run_future_stops_its_tasks() {
     let url = server().url();
     let mut c = connect(&url).await;
     let s = format!("{}dropped", unique_prefix("defects"));
-    let producer = Producer::new(c.clone(), ProducerOptions::default());
+    let producer = common::producer(&url).await;
     producer
         .publish_batch(&s, (0..4).map(|i| Message::json(&i).unwrap()))
         .await
@@ -334,7 +347,15 @@ async fn dropping_the_run_future_stops_its_tasks() {
         concurrency: 4,
         ..fast()
     };
-    let worker = Worker::new(Client::open(&url).unwrap(), &s, "g", options).consumer_name("w1");
+    let worker = Worker::new(
+        &Client::open(&url).unwrap(),
+        &s,
+        "g",
+        WorkerOptions {
+            consumer_name: Some("w1".into()),
+            ..options
+        },
+    );
     let run = worker.run(
         move |_d: Delivery| {
             let (st, fi, dr) = (st.clone(), fi.clone(), dr.clone());

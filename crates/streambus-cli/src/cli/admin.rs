@@ -181,12 +181,12 @@ pub struct ScaleArgs {
     pub group: String,
 
     /// Reference rule: suggest OUT at or above this utilization, percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = streambus::scaler::DEFAULT_SCALE_OUT)]
+    #[arg(long, value_name = "PERCENT", default_value_t = streambus::admin::scaler::DEFAULT_SCALE_OUT)]
     pub scale_out_rate: f64,
 
     /// Reference rule: suggest IN below this utilization (with more than one
     /// consumer), percent.
-    #[arg(long, value_name = "PERCENT", default_value_t = streambus::scaler::DEFAULT_SCALE_IN)]
+    #[arg(long, value_name = "PERCENT", default_value_t = streambus::admin::scaler::DEFAULT_SCALE_IN)]
     pub scale_in_rate: f64,
 
     /// How long to watch the counters to measure the arrival and ack rates.

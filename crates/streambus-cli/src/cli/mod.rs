@@ -94,7 +94,7 @@ impl Cli {
     /// How to connect: the TLS settings of the command line.
     pub fn connect_options(&self) -> streambus::ConnectOptions {
         streambus::ConnectOptions {
-            tls: streambus::connection::TlsOptions {
+            tls: streambus::TlsOptions {
                 ca_file: self.redis_ca.clone(),
                 client_cert_file: self.redis_cert.clone(),
                 client_key_file: self.redis_key.clone(),

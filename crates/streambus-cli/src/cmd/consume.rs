@@ -33,8 +33,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use streambus::consumer::default_consumer_name;
-use streambus::group;
+use streambus::admin::group;
+use streambus::default_consumer_name;
 use streambus::partition::Partitions;
 use streambus::{
     Client, Consumer, ConsumerOptions, Entry, EntryId, ErrorKind, StartId, WorkerOptions,
@@ -84,6 +84,7 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
         max_wait,
         start: o.start,
         create_group: !args.no_create,
+        consumer_name: Some(name.clone()),
     };
     if let Some(p) = partitions {
         return consume_partitions(client, &args, &name, options, p).await;
@@ -213,7 +214,7 @@ impl<'a> Feed<'a> {
         name: &'a str,
         options: ConsumerOptions,
     ) -> Result<Feed<'a>> {
-        let consumer = Consumer::new(client, stream, group, name, options.clone()).await?;
+        let consumer = Consumer::new(client, stream, group, options.clone()).await?;
         Ok(Feed {
             client,
             stream: stream.to_owned(),
@@ -346,15 +347,7 @@ impl<'a> Feed<'a> {
             create_group: false,
             ..self.options.clone()
         };
-        Consumer::with_shared(
-            self.client,
-            shared,
-            &self.stream,
-            self.group,
-            self.name,
-            options,
-        )
-        .await
+        Consumer::new(self.client, &self.stream, self.group, options).await
     }
 
     /// After a failed request: a vanished group is recreated (unless

@@ -1,5 +1,5 @@
 //! `streambus dlq`: list, replay or purge the dead letters of a stream (kept in
-//! `{STREAM}:dlq`, see `streambus::dead_letter`).
+//! `{STREAM}:dlq`, see `streambus::admin::dead_letter`).
 //!
 //! A partitioned stream has a dead-letter stream per partition (in the
 //! partition's slot): `list` merges them by id (with a `PARTITION` column, or
@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use serde_json::json;
-use streambus::dead_letter::{self, DeadLetter};
+use streambus::admin::dead_letter::{self, DeadLetter};
 use streambus::{Client, Connection, EntryId};
 
 use crate::cli::{DlqArgs, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqReplayArgs, PartitionsArg};

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use streambus::consumer::default_consumer_name;
+use streambus::default_consumer_name;
 use streambus::partition::{PartitionedWorker, Partitions};
 use streambus::{
     Backoff, CancellationToken, Client, Delivery, Handler, Outcome, Worker, WorkerOptions,
@@ -120,16 +120,18 @@ pub async fn run(
         }),
     };
     tracing::info!(stream = %args.stream, group = %args.group, %consumer, "running a command per entry");
+    let options = WorkerOptions {
+        consumer_name: Some(consumer),
+        ..options
+    };
     let report = match partitions {
         None => {
-            Worker::new(client.clone(), &args.stream, &args.group, options)
-                .consumer_name(consumer)
+            Worker::new(client, &args.stream, &args.group, options)
                 .run(handler, stop)
                 .await?
         }
         Some(p) => {
-            let mut worker = PartitionedWorker::new(client.clone(), p, &args.group, options)
-                .consumer_name(consumer);
+            let mut worker = PartitionedWorker::new(client, p, &args.group, options);
             if let Some((i, n)) = args.member {
                 worker = worker.member(i, n);
             }

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::json;
-use streambus::group::{create_group, destroy_group, list_groups, GroupInfo};
+use streambus::admin::group::{create_group, destroy_group, list_groups, GroupInfo};
 use streambus::partition::Partitions;
 use streambus::{Client, Connection, ErrorKind};
 

@@ -1,5 +1,5 @@
 //! `streambus monitor`: the health of a stream, its groups and their consumers
-//! (`streambus::monitor`), once or every `--watch` interval; `--cleanup` hands
+//! (`streambus::admin::monitor`), once or every `--watch` interval; `--cleanup` hands
 //! the pending entries of dead consumers to live ones and deletes the dead.
 //!
 //! # Text
@@ -62,10 +62,11 @@ use std::io::IsTerminal;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
+use streambus::admin::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
+use streambus::admin::monitor::{Monitor, MonitorOptions, StreamSnapshot};
 use streambus::config::format_duration;
-use streambus::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
 use streambus::partition::{self, PartitionedSnapshot, Partitions};
-use streambus::{Client, Connection, ErrorKind, Monitor, MonitorOptions, StreamSnapshot};
+use streambus::{Client, Connection, ErrorKind};
 
 use super::retry::{one_line, Outage};
 use crate::cli::MonitorArgs;
@@ -96,7 +97,7 @@ pub async fn run(client: &Client, args: MonitorArgs, topology: Option<&Topology>
     };
     let mut source = match partitions {
         Some(p) => Source::Partitioned(conn, p, options),
-        None => Source::Plain(Monitor::new(conn, options)),
+        None => Source::Plain(Monitor::new(client, options).await?),
     };
     let mut out = Lines::stdout();
     let Some(interval) = args.watch else {

@@ -77,13 +77,13 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         Some(p) => p.keys().to_vec(),
         None => vec![args.stream.clone()],
     };
-    let producer = Producer::new(conn.clone(), options);
+    let producer = Producer::new(client, options).await?;
     let mut out = Lines::stdout();
     if !messages.is_empty() {
         let target = match partitions {
             // Batches per partition, never concurrent single publishes: on a
             // cluster, one pipeline must stay within one slot.
-            Some(p) => Target::Partitioned(PartitionedProducer::new(producer, p)),
+            Some(p) => Target::Partitioned(producer.partitioned(p)),
             None => Target::Plain {
                 producer,
                 stream: &args.stream,
@@ -108,8 +108,7 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         conn,
         producer,
         partitioned: partitions.is_some(),
-        next_partition: (streambus::backoff::Jitter::new().next_unit() * keys.len() as f64)
-            as usize,
+        next_partition: (streambus::Jitter::new().next_unit() * keys.len() as f64) as usize,
         keys,
         anchors,
         retry_for: args.retry_for,

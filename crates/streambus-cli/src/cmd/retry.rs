@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use streambus::backoff::{Backoff, Jitter};
 use streambus::config::format_duration;
+use streambus::{Backoff, Jitter};
 use tokio_util::sync::CancellationToken;
 
 /// The wait between attempts while Redis is away (consume, `tail --follow`):

@@ -1,6 +1,6 @@
 //! `streambus scale`: how many consumers a group should have.
 //!
-//! Two answers, from `streambus::scaler`:
+//! Two answers, from `streambus::admin::scaler`:
 //!
 //! 1. The reference package's rule, in its words: `Consumers should be OUT as
 //!    stream length (..) / pending (..) rate is ..%`, with the group's lag as
@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
+use streambus::admin::scaler::{self, Advice, Sample};
+use streambus::admin::scaler::{Advisor, AdvisorConfig};
 use streambus::config::format_duration;
-use streambus::scaler::{self, Advice, Sample};
-use streambus::{Advisor, AdvisorConfig, Client};
+use streambus::Client;
 
 use super::settings::layered;
 use crate::cli::ScaleArgs;

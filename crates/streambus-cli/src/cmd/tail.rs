@@ -22,10 +22,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use streambus::backoff::Jitter;
-use streambus::group::require_stream;
+use streambus::admin::group::require_stream;
 use streambus::partition::Partitions;
 use streambus::read::{last, last_id, read_after};
+use streambus::Jitter;
 use streambus::{Client, Entry, EntryId, ErrorKind, StartId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
+use streambus::admin::group::{create_group, require_stream};
 use streambus::config::format_duration;
-use streambus::group::{create_group, require_stream};
 use streambus::partition::Partitions;
 use streambus::{Client, Connection, ErrorKind, Retention};
 

@@ -414,7 +414,7 @@ impl<T: Text> Relay<T> {
     /// them through [`Subscription::admit`].
     pub(crate) async fn replay_page(&self, sub: &Subscription<T>) -> Page<T> {
         let mut conn = self.conn.clone();
-        let mut jitter = streambus::backoff::Jitter::new();
+        let mut jitter = streambus::Jitter::new();
         let mut failures = 0u32;
         loop {
             if self.shutdown.is_cancelled() {

@@ -76,7 +76,7 @@ pub(super) struct Reader<T> {
 
 impl<T: Text> Reader<T> {
     pub(super) async fn run(self) {
-        let mut jitter = streambus::backoff::Jitter::new();
+        let mut jitter = streambus::Jitter::new();
         // Failed attempts in a row, and when the first of them failed.
         let mut failures = 0u32;
         let mut failing_since = std::time::Instant::now();

@@ -10,9 +10,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use streambus::monitor::{self, StreamSnapshot};
+use streambus::admin::monitor::MonitorOptions;
+use streambus::admin::monitor::{self, StreamSnapshot};
+use streambus::admin::{dead_letter, scaler};
 use streambus::partition::{PartitionedSnapshot, Partitions};
-use streambus::{dead_letter, scaler, ErrorKind, Message, MonitorOptions};
+use streambus::{ErrorKind, Message};
 
 use super::check_stream;
 use super::responses::{

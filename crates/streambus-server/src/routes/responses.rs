@@ -5,9 +5,10 @@
 //! `null` when empty unless marked `skip_serializing_if` (then absent).
 
 use serde::Serialize;
-use streambus::dead_letter::DeadLetter;
-use streambus::monitor::{ConsumerSnapshot, GroupSnapshot, StreamSnapshot};
-use streambus::{Advice, EntryId, Suggestion};
+use streambus::admin::dead_letter::DeadLetter;
+use streambus::admin::monitor::{ConsumerSnapshot, GroupSnapshot, StreamSnapshot};
+use streambus::admin::scaler::{Advice, Suggestion};
+use streambus::EntryId;
 
 /// `GET /api/streams`.
 #[derive(Serialize)]

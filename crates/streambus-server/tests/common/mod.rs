@@ -39,7 +39,9 @@ pub fn config(streams: &[&str]) -> ServerConfig {
 /// A producer on `redis`.
 pub async fn producer(redis: &RedisServer) -> Producer {
     let client = Client::open(&redis.url()).unwrap();
-    Producer::new(client.connect().await.unwrap(), ProducerOptions::default())
+    Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap()
 }
 
 /// Publishes `n` JSON envelopes `{"n": i, "pad": ...}` in pipelined batches.

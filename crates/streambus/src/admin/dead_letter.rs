@@ -30,8 +30,9 @@ use crate::keys;
 use crate::reply;
 
 static MOVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/dead_letter.lua")));
-static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/replay.lua")));
+    LazyLock::new(|| Script::new(include_str!("../scripts/dead_letter.lua")));
+static REPLAY: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/replay.lua")));
 
 /// Names of the metadata fields, in the order they are appended.
 pub const METADATA_FIELDS: [&str; 6] = [
@@ -45,7 +46,7 @@ pub const METADATA_FIELDS: [&str; 6] = [
 
 /// What `move_entry` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MoveResult {
+pub(crate) enum MoveResult {
     /// Moved to the dead-letter stream and acknowledged.
     Moved,
     /// The entry was no longer in the stream (trimmed or deleted); it was

@@ -100,7 +100,7 @@ pub async fn require_stream(conn: &mut Connection, stream: &str) -> Result<()> {
         "stream" => Ok(()),
         "none" => Err(Error::new(
             ErrorKind::NoStream,
-            format!("stream {stream:?} does not exist (publish to it, or create a group with `streambus groups {stream} --create GROUP`)"),
+            format!("stream {stream:?} does not exist (publish to it, or create a group on it, which creates the stream)"),
         )),
         other => Err(Error::new(
             ErrorKind::WrongType,

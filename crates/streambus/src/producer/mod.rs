@@ -34,7 +34,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::connection::{not_sent, Connection};
+use crate::connection::{not_sent, Client, Connection};
 use crate::envelope::Message;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::EntryId;
@@ -113,8 +113,20 @@ struct Inner {
 }
 
 impl Producer {
-    /// A producer on the shared connection (from [`crate::Client::connect`]).
-    pub fn new(conn: Connection, options: ProducerOptions) -> Self {
+    /// A producer for `client`, on a connection of its own, checked with
+    /// `PING` (so that a wrong address or password fails here).
+    pub async fn new(client: &Client, options: ProducerOptions) -> Result<Self> {
+        Ok(Self::on(client.connect().await?, options))
+    }
+
+    /// A producer with other options on this one's connection: for example a
+    /// shorter [`ProducerOptions::publish_timeout`] for one call. It does not
+    /// dial, so it is made at once even while Redis is away.
+    pub fn with_options(&self, options: ProducerOptions) -> Producer {
+        Self::on(self.inner.conn.clone(), options)
+    }
+
+    fn on(conn: Connection, options: ProducerOptions) -> Producer {
         let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
         let sender = tokio::spawn(sender_task(
             conn.clone(),

@@ -64,12 +64,12 @@ fn entry_id_of(v: Option<&Value>) -> Result<Option<EntryId>> {
 }
 
 /// The reply of `XINFO GROUPS key`.
-pub(crate) fn groups(v: Value) -> Result<Vec<crate::group::GroupInfo>> {
+pub(crate) fn groups(v: Value) -> Result<Vec<crate::admin::group::GroupInfo>> {
     list(v)?
         .into_iter()
         .map(|g| {
             let g = Reply::map(g)?;
-            Ok(crate::group::GroupInfo {
+            Ok(crate::admin::group::GroupInfo {
                 name: g.string("name")?,
                 consumers: g.u64("consumers")?,
                 pending: g.u64("pending")?,

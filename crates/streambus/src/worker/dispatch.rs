@@ -14,7 +14,7 @@ use tracing::{debug, error, warn};
 
 use super::idempotency::{self, Acquired};
 use super::{bump, lock, Shared};
-use crate::dead_letter::MoveGuard;
+use crate::admin::dead_letter::MoveGuard;
 use crate::entry::Entry;
 use crate::envelope::field;
 use crate::handler::{Delivery, Handler, Outcome};

@@ -16,9 +16,9 @@ use tracing::{debug, error, warn};
 
 use super::dispatch::Mark;
 use super::{bump, lock, Shared};
+use crate::admin::dead_letter::{self, MoveGuard, MoveRequest, MoveResult};
 use crate::backoff::Jitter;
 use crate::claim::{self, ClaimPolicy, Decision};
-use crate::dead_letter::{self, MoveGuard, MoveRequest, MoveResult};
 use crate::error::Result;
 use crate::handler::{Delivery, Handler};
 use crate::id::EntryId;

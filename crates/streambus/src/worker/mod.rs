@@ -127,28 +127,26 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for `group` on `stream`, named [`consumer::default_consumer_name`].
+    /// A worker for `group` on `stream`, named
+    /// [`WorkerOptions::consumer_name`]. It connects when it runs.
     pub fn new(
-        client: Client,
+        client: &Client,
         stream: impl Into<String>,
         group: impl Into<String>,
         options: WorkerOptions,
     ) -> Self {
+        let consumer = match &options.consumer_name {
+            Some(name) => name.clone(),
+            None => consumer::default_consumer_name(),
+        };
         Worker {
-            client,
+            client: client.clone(),
             stream: stream.into(),
             group: group.into(),
-            consumer: consumer::default_consumer_name(),
+            consumer,
             options,
             preflight: true,
         }
-    }
-
-    /// Sets the consumer name. A worker restarted under the same name takes its
-    /// own pending entries back at once, instead of after the visibility timeout.
-    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
-        self.consumer = name.into();
-        self
     }
 
     /// Skips the check of the server's settings at start (done once by the
@@ -189,19 +187,19 @@ impl Worker {
         }
         let conn = self.client.connect().await?;
         if self.preflight {
-            crate::preflight::warn_about(&mut conn.clone()).await;
+            crate::admin::preflight::warn_about(&mut conn.clone()).await;
         }
         let mut consumer = Consumer::with_shared(
             &self.client,
             conn.clone(),
             &self.stream,
             &self.group,
-            &self.consumer,
             ConsumerOptions {
                 batch_size: o.batch_size,
                 max_wait: o.block,
                 start: o.start,
                 create_group: true,
+                consumer_name: Some(self.consumer.clone()),
             },
         )
         .await?;

@@ -43,6 +43,11 @@ pub struct WorkerOptions {
     pub start: StartId,
     /// Approximate maximum length of the dead-letter stream; `None` keeps all.
     pub dead_letter_maxlen: Option<u64>,
+    /// The consumer's name in the group; `None` for
+    /// [`default_consumer_name`](crate::default_consumer_name). A worker
+    /// restarted under the same name takes its own pending entries back at
+    /// once, instead of after the visibility timeout.
+    pub consumer_name: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -66,6 +71,7 @@ impl Default for WorkerOptions {
             idempotency_ttl: None,
             start: StartId::Beginning,
             dead_letter_maxlen: None,
+            consumer_name: None,
         }
     }
 }

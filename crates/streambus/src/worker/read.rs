@@ -13,12 +13,12 @@ use tracing::warn;
 
 use super::maintenance::ReclaimCursor;
 use super::{bump, Shared};
+use crate::admin::group;
 use crate::backoff::Jitter;
 use crate::claim::ClaimPolicy;
 use crate::consumer::Consumer;
 use crate::entry::Entry;
 use crate::error::{Error, ErrorKind, Result};
-use crate::group;
 use crate::handler::Handler;
 use crate::id::{EntryId, StartId};
 

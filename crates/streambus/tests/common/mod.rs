@@ -5,11 +5,19 @@
 
 use redis::streams::StreamReadReply;
 use redis::Value;
-use streambus::{Client, Connection};
+use streambus::{Client, Connection, Producer, ProducerOptions};
 
 /// A multiplexed connection to `url`.
 pub async fn connect(url: &str) -> Connection {
     Client::open(url).unwrap().connect().await.unwrap()
+}
+
+/// A producer with default options on `url`.
+pub async fn producer(url: &str) -> Producer {
+    let client = Client::open(url).unwrap();
+    Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap()
 }
 
 /// `XREADGROUP ... COUNT count STREAMS stream from` as `consumer`; the ids read.

@@ -136,7 +136,9 @@ impl<'a> Progress<'a> {
             Some(b) => Some(b),
             None => super::backlog(conn).await,
         };
-        let dead = streambus::dead_letter::count(conn, ALERTS).await.ok();
+        let dead = streambus::admin::dead_letter::count(conn, ALERTS)
+            .await
+            .ok();
         let published = stats.published();
         // Alerts through their whole pipeline: results persisted + CPS handled.
         let processed = stats.processed(3) + stats.processed(1);

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use streambus::admin::group::{create_group, list_groups};
 use streambus::config::format_duration;
-use streambus::group::{create_group, list_groups};
 use streambus::{
     CancellationToken, Client, Connection, Delivery, Handler, Producer, ProducerOptions, Worker,
     WorkerOptions, WorkerReport,
@@ -90,7 +90,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
             retention,
             ..Default::default()
         };
-        producers.insert(stage.stream, Producer::new(conn.clone(), options));
+        producers.insert(stage.stream, Producer::new(client, options).await?);
     }
     let ctx = Arc::new(Ctx {
         run: run_id(),
@@ -401,12 +401,14 @@ impl StartingWorker {
         let mut failures = 0;
         loop {
             let worker = Worker::new(
-                self.client.clone(),
+                &self.client,
                 self.stage.stream,
                 self.stage.group,
-                self.options.clone(),
-            )
-            .consumer_name(self.name.as_str());
+                WorkerOptions {
+                    consumer_name: Some(self.name.as_str().into()),
+                    ..self.options.clone()
+                },
+            );
             match worker.run(handler.clone(), stop.clone()).await {
                 Err(e) if e.is_retryable() && !stop.is_cancelled() => {
                     failures += 1;

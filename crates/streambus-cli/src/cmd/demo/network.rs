@@ -89,7 +89,7 @@ impl<'a> UrlParts<'a> {
     pub(super) fn split(url: &'a str) -> Option<Self> {
         let after = url.strip_prefix("redis://")?;
         // A password may hold a '/': the host starts after the last '@' (as
-        // in `streambus::connection::mask_password`).
+        // in `streambus::Client::display_url`).
         let (userinfo, after) = after.split_at(after.rfind('@').map_or(0, |at| at + 1));
         let (hostport, rest) = after.split_at(after.find(['/', '?', '#']).unwrap_or(after.len()));
         let (host, port) = match hostport.strip_prefix('[') {

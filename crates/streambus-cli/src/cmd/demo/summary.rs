@@ -29,7 +29,8 @@ pub(super) async fn dead_letters(conn: &mut Connection, run: &str) -> Result<Dea
     for stage in STAGES {
         let mut after = None;
         loop {
-            let page = streambus::dead_letter::list(conn, stage.stream, after, DLQ_PAGE).await?;
+            let page =
+                streambus::admin::dead_letter::list(conn, stage.stream, after, DLQ_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for dl in &page {

@@ -181,13 +181,10 @@ impl Delivery<'_> {
             } else {
                 // The library waits up to its publish_timeout per call: give
                 // it only what is left of this chunk's time.
-                Producer::new(
-                    self.conn.clone(),
-                    ProducerOptions {
-                        publish_timeout: left(deadline).max(Duration::from_millis(1)),
-                        ..self.producer.options().clone()
-                    },
-                )
+                self.producer.with_options(ProducerOptions {
+                    publish_timeout: left(deadline).max(Duration::from_millis(1)),
+                    ..self.producer.options().clone()
+                })
             };
             attempt += 1;
             let anchors = self.anchors.clone();

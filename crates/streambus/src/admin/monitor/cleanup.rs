@@ -10,9 +10,9 @@ use redis::Value;
 use serde::Serialize;
 
 use super::MonitorOptions;
+use crate::admin::group;
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::group;
 use crate::id::EntryId;
 use crate::keys;
 use crate::reply;
@@ -123,7 +123,7 @@ impl fmt::Display for SkipReason {
 
 /// The script that deletes a consumer only if it is idle and owns nothing.
 static DELETE_CONSUMER_IF_IDLE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../scripts/delete_consumer_if_idle.lua")));
+    LazyLock::new(|| redis::Script::new(include_str!("../../scripts/delete_consumer_if_idle.lua")));
 
 /// Hands the pending entries of dead consumers of `group` to live ones and
 /// deletes the dead consumers whose pending list is empty.

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use serde::Serializer;
 
-use crate::connection::Connection;
+use crate::connection::{Client, Connection};
 use crate::error::Result;
 
 pub use cleanup::{cleanup, CleanupOptions, CleanupReport, Move, SkipReason, Skipped};
@@ -104,9 +104,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor on `conn` with `options`.
-    pub fn new(conn: Connection, options: MonitorOptions) -> Self {
-        Monitor { conn, options }
+    /// A monitor for `client` with `options`, on a connection of its own
+    /// (checked with `PING`).
+    pub async fn new(client: &Client, options: MonitorOptions) -> Result<Self> {
+        Ok(Monitor {
+            conn: client.connect().await?,
+            options,
+        })
     }
 
     /// The options in use.

@@ -1,6 +1,6 @@
 //! [`snapshot`]: a point-in-time view of a stream, its groups and their
 //! consumers, in O(groups + consumers) commands (see the module docs of
-//! [`crate::monitor`]).
+//! [`crate::admin::monitor`]).
 
 use std::time::Duration;
 
@@ -8,9 +8,9 @@ use redis::Value;
 use serde::Serialize;
 
 use super::{ms, opt_ms, MonitorOptions, Status};
+use crate::admin::group;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::group;
 use crate::id::EntryId;
 use crate::metrics;
 use crate::reply;

@@ -66,7 +66,10 @@ pub struct Advice {
     pub ack_rate: Option<f64>,
     /// Time to drain the lag at the current rates: zero with no lag, `None` if it
     /// does not shrink (acks do not outpace arrivals) or is unknown.
-    #[serde(rename = "drain_time_ms", serialize_with = "crate::monitor::opt_ms")]
+    #[serde(
+        rename = "drain_time_ms",
+        serialize_with = "crate::admin::monitor::opt_ms"
+    )]
     pub drain_time: Option<Duration>,
     /// Entries per second one consumer is taken to manage, if known.
     pub consumer_capacity: Option<f64>,

@@ -5,8 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::admin::monitor::GroupSnapshot;
 use crate::error::{Error, ErrorKind, Result};
-use crate::monitor::GroupSnapshot;
 
 /// The reference package's default scale-out threshold, percent.
 pub const DEFAULT_SCALE_OUT: f64 = 50.0;

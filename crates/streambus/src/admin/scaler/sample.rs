@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use redis::Value;
 
+use crate::admin::group;
+use crate::admin::monitor::StreamSnapshot;
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::group;
 use crate::keys;
-use crate::monitor::StreamSnapshot;
 use crate::reply;
 
 /// The counters of one stream and group at one moment, as Redis gives them.
