@@ -279,6 +279,9 @@ mod tests {
             &["sb", "monitor", "s", "--json"],
             &["sb", "scale", "s", "-g", "g", "--json"],
             &["sb", "bench", "--json"],
+            &["sb", "publish", "s", "{}", "--json"],
+            &["sb", "publish", "s", "--json"],
+            &["sb", "publish", "s", "--field", "a=1", "--json"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }
