@@ -1,18 +1,20 @@
-//! `--json` of `publish`, against a real `redis-server` (one per test, from
-//! `streambus-testkit`): every line parses, and what it says is what Redis
-//! holds (entry ids and envelope ids read back with XRANGE).
+//! `--json` of `publish` and `topology check|apply`, against a real
+//! `redis-server` (one per test, from `streambus-testkit`): every line or
+//! document parses, and what it says is what Redis holds (entry ids and
+//! envelope ids read back with XRANGE, groups with XINFO GROUPS).
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use streambus::partition::Partitions;
 use streambus_testkit::RedisServer;
 
-use common::{ok, run, run_with, sb_redis, text, xlen};
+use common::{ok, run, run_with, sb, sb_redis, text, xlen};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -60,6 +62,13 @@ fn check_published(
         ),
     }
     fields
+}
+
+/// Whether `key` has group `group` (XINFO GROUPS: a `name` line, then the name).
+fn has_group(server: &RedisServer, key: &str, group: &str) -> bool {
+    let out = server.cli(&["XINFO", "GROUPS", key]);
+    let lines: Vec<&str> = out.lines().collect();
+    lines.windows(2).any(|w| w == ["name", group])
 }
 
 /// A failed run: nothing on stdout, one `error: ...` line on stderr.
@@ -236,4 +245,135 @@ fn publish_json_errors_stay_on_stderr() {
     assert_eq!(lines.len(), 1);
     check_published(&server, &lines[0], "s", "s");
     assert!(text(&o.stderr).contains("line 2"), "{}", text(&o.stderr));
+}
+
+// ---------------------------------------------------------------- topology
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../streambus.example.toml")
+}
+
+#[test]
+fn topology_check_json_lists_what_was_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = example();
+    let path = path.to_str().unwrap();
+    let out = ok(&run(
+        sb(dir.path(), &["topology", "check", path, "--json"]),
+        DEADLINE,
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["file"], path);
+    assert_eq!(v["summary"], json!({"streams": 5, "groups": 5}));
+    let streams = v["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 5);
+    assert!(
+        streams.contains(&json!({
+            "stream": "aurora:alerts", "partitions": 1, "groups": ["alert-processor"],
+        })),
+        "{v}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[streams.s.groups.g]\nbatch_size = 0\n").unwrap();
+    let o = run(
+        sb(
+            dir.path(),
+            &["topology", "check", bad.to_str().unwrap(), "--json"],
+        ),
+        DEADLINE,
+    );
+    fails_quietly(&o, "line 2: streams.s.groups.g.batch_size");
+}
+
+#[test]
+fn topology_apply_json_says_what_was_found_and_done() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("streambus.toml"),
+        r#"
+[streams.new.groups.g]
+start = "$"
+[streams.big]
+retention = { max_len = 10 }
+[streams.big.groups.a]
+[streams.lonely]
+[streams.parts]
+partitions = 3
+[streams.parts.groups.p]
+"#,
+    )
+    .unwrap();
+    for i in 0..300 {
+        server.cli(&["XADD", "big", "*", "n", &i.to_string()]);
+    }
+    let apply = || {
+        let out = ok(&run(
+            sb(
+                dir.path(),
+                &["--redis", &server.url(), "topology", "apply", "--json"],
+            ),
+            DEADLINE,
+        ));
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["file"], "streambus.toml");
+        assert_eq!(v["redis"], server.url());
+        // By name: the streams come in the file's sorted order.
+        let streams: HashMap<String, Value> = v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["stream"].as_str().unwrap().to_owned(), s.clone()))
+            .collect();
+        (v, streams)
+    };
+
+    let (first, streams) = apply();
+    assert_eq!(
+        streams["new"],
+        json!({
+            "stream": "new", "partitions": 1, "status": "created", "detail": null,
+            "groups": [{"group": "g", "status": "created", "start": "$"}],
+        })
+    );
+    assert_eq!(streams["big"]["status"], "differs");
+    let why = streams["big"]["detail"].as_str().unwrap();
+    assert!(
+        why.starts_with("300 entries, retention max_len 10"),
+        "{why}"
+    );
+    assert_eq!(
+        streams["big"]["groups"],
+        json!([{"group": "a", "status": "created", "start": "0"}])
+    );
+    assert_eq!(streams["lonely"]["status"], "missing");
+    assert_eq!(streams["lonely"]["groups"], json!([]));
+    assert_eq!(streams["parts"]["partitions"], 3);
+    assert_eq!(streams["parts"]["status"], "created");
+    assert_eq!(
+        first["summary"],
+        json!({"streams": 4, "streams_created": 2, "groups": 3, "groups_created": 3, "differ": 1})
+    );
+    // What it says it created is there.
+    assert!(has_group(&server, "new", "g"));
+    assert!(has_group(&server, "big", "a"));
+    for key in Partitions::new("parts", 3).unwrap().keys() {
+        assert!(has_group(&server, key, "p"), "{key}");
+    }
+    assert_eq!(server.cli(&["EXISTS", "lonely"]), "0");
+    assert_eq!(xlen(&server, "big"), 300, "nothing trimmed");
+
+    // A second run: everything exists, nothing created.
+    let (second, streams) = apply();
+    assert_eq!(streams["new"]["status"], "exists");
+    assert_eq!(
+        streams["new"]["groups"],
+        json!([{"group": "g", "status": "exists", "start": null}])
+    );
+    assert_eq!(streams["parts"]["status"], "exists");
+    assert_eq!(
+        second["summary"],
+        json!({"streams": 4, "streams_created": 0, "groups": 3, "groups_created": 0, "differ": 1})
+    );
 }

@@ -282,6 +282,8 @@ mod tests {
             &["sb", "publish", "s", "{}", "--json"],
             &["sb", "publish", "s", "--json"],
             &["sb", "publish", "s", "--field", "a=1", "--json"],
+            &["sb", "topology", "check", "--json"],
+            &["sb", "topology", "apply", "f.toml", "--json"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }

@@ -76,12 +76,23 @@ pub enum TopologyCommand {
     Check {
         /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
         file: Option<PathBuf>,
+
+        /// Print what was checked as one JSON object (`{"file", "streams":
+        /// [{"stream", "partitions", "groups"}], "summary"}`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create the groups (and their streams) of the topology file in Redis;
     /// report what exists, was created or differs. Never deletes anything.
     Apply {
         /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
         file: Option<PathBuf>,
+
+        /// Print what was found and done as one JSON object (`{"file",
+        /// "redis", "streams": [{"stream", "status", "detail", "groups":
+        /// [{"group", "status", "start"}]}], "summary"}`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
