@@ -284,6 +284,7 @@ mod tests {
             &["sb", "publish", "s", "--field", "a=1", "--json"],
             &["sb", "topology", "check", "--json"],
             &["sb", "topology", "apply", "f.toml", "--json"],
+            &["sb", "demo", "--json"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }

@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// Do not serve the dashboard.
     #[arg(long)]
     pub no_serve: bool,
+
+    /// Print the summary at the end as one JSON object instead of text (the
+    /// progress shown while it runs stays on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
