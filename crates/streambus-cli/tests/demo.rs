@@ -144,6 +144,54 @@ fn without_a_redis_runs_on_a_private_one_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn json_prints_the_summary_as_one_object() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        sb(
+            dir.path(),
+            &[
+                "--redis",
+                &server.url(),
+                "demo",
+                "--duration",
+                "2s",
+                "--no-serve",
+                "--json",
+            ],
+        ),
+        DEADLINE,
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["lost"], 0, "{v}");
+    assert_eq!(v["drained"], true, "{v}");
+    let p = &v["published"];
+    assert!(p["alerts"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        p["alerts"].as_u64(),
+        Some(p["security"].as_u64().unwrap() + p["cps"].as_u64().unwrap()),
+        "{v}"
+    );
+    assert_eq!(v["processed"].as_array().unwrap().len(), 5, "{v}");
+    // Exactly the malformed alerts are dead letters, as Redis says.
+    let malformed = v["malformed_sent"].as_u64().unwrap();
+    assert!(malformed > 0, "{v}");
+    assert_eq!(v["dead_lettered"]["in_alerts_dlq"], malformed, "{v}");
+    assert_eq!(
+        server.cli(&["XLEN", "{aurora:alerts}:dlq"]),
+        malformed.to_string()
+    );
+    let resumed = v["network_cut"]["resumed_after_ms"].as_u64().unwrap();
+    assert!(Duration::from_millis(resumed) <= RECOVERY_BOUND, "{v}");
+    // The progress stays on stderr.
+    assert!(stderr.contains("killed worker"), "{stderr}");
+}
+
+#[test]
 fn without_a_route_for_the_workers_skips_the_cut_and_says_why() {
     // The demo is given a client whose password it cannot read back, so it
     // cannot give the workers a client through the proxy.

@@ -440,6 +440,59 @@ fn reset_storm() {
     assert!(recovered < RECOVERY_BOUND);
 }
 
+/// With `--json`, lines settled by reading the stream back after a reset
+/// report the envelope id they were written with, like the others.
+#[test]
+fn reset_storm_with_json_reports_the_envelope_ids_written() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let proxy = rt
+        .block_on(FaultProxy::start(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            server.port(),
+        ))))
+        .unwrap();
+    let stream = unique_prefix("pubjson");
+    let total = 6000;
+    let p = Publisher::start(
+        &proxy.url(),
+        &stream,
+        &["--json"],
+        total,
+        20,
+        Duration::from_millis(10),
+        false,
+    );
+    p.wait_printed(500, Duration::from_secs(10));
+    let storm = Instant::now();
+    while storm.elapsed() < Duration::from_millis(1500) {
+        proxy.reset_all();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, out, err) = p.finish(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}, stderr:\n{}", err.join("\n"));
+    let entries = stream_entries(&rt, &server.url(), &stream);
+    let printed: Vec<(String, String)> = out
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["stream"], stream.as_str(), "{l}");
+            let field = |name: &str| v[name].as_str().unwrap().to_owned();
+            (field("entry_id"), field("envelope_id"))
+        })
+        .collect();
+    let ids: Vec<String> = printed.iter().map(|p| p.0.clone()).collect();
+    assert_eq!(assert_exact(&entries, &ids), total);
+    for (e, (_, envelope_id)) in entries.iter().zip(&printed) {
+        assert_eq!(&e.1, envelope_id, "entry {}", e.0);
+    }
+    eprintln!(
+        "reset storm 1.5 s with --json: {} accepted connections; stderr:\n{}",
+        proxy.connections_accepted(),
+        err.join("\n")
+    );
+}
+
 #[test]
 fn out_of_memory_stops_with_the_first_unpublished_line() {
     let server = RedisServer::start_with(ServerOptions {

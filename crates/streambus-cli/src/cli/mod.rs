@@ -279,6 +279,12 @@ mod tests {
             &["sb", "monitor", "s", "--json"],
             &["sb", "scale", "s", "-g", "g", "--json"],
             &["sb", "bench", "--json"],
+            &["sb", "publish", "s", "{}", "--json"],
+            &["sb", "publish", "s", "--json"],
+            &["sb", "publish", "s", "--field", "a=1", "--json"],
+            &["sb", "topology", "check", "--json"],
+            &["sb", "topology", "apply", "f.toml", "--json"],
+            &["sb", "demo", "--json"],
         ] {
             assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
         }

@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// Do not serve the dashboard.
     #[arg(long)]
     pub no_serve: bool,
+
+    /// Print the summary at the end as one JSON object instead of text (the
+    /// progress shown while it runs stays on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,12 +81,23 @@ pub enum TopologyCommand {
     Check {
         /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
         file: Option<PathBuf>,
+
+        /// Print what was checked as one JSON object (`{"file", "streams":
+        /// [{"stream", "partitions", "groups"}], "summary"}`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create the groups (and their streams) of the topology file in Redis;
     /// report what exists, was created or differs. Never deletes anything.
     Apply {
         /// The file [default: --config, STREAMBUS_CONFIG, else ./streambus.toml].
         file: Option<PathBuf>,
+
+        /// Print what was found and done as one JSON object (`{"file",
+        /// "redis", "streams": [{"stream", "status", "detail", "groups":
+        /// [{"group", "status", "start"}]}], "summary"}`) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 

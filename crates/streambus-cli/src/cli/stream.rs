@@ -19,16 +19,23 @@ pub struct PublishArgs {
     /// JSON documents, each published as one envelope. Without any (and without
     /// --field), JSON documents are read from stdin, one per line.
     #[arg(value_name = "JSON")]
-    pub json: Vec<String>,
+    pub documents: Vec<String>,
 
     /// Publish ONE raw entry with exactly these fields (no envelope). Repeatable.
     #[arg(
         long = "field",
         value_name = "NAME=VALUE",
         value_parser = parse_field,
-        conflicts_with_all = ["json", "kind", "key"]
+        conflicts_with_all = ["documents", "kind", "key"]
     )]
     pub fields: Vec<(String, String)>,
+
+    /// Print one JSON object per message written instead of its entry id:
+    /// `{"stream", "entry_id", "envelope_id"}` (`envelope_id` null for a
+    /// --field entry), plus `"partition"` (its index) and `"partition_key"`
+    /// for a partitioned stream.
+    #[arg(long)]
+    pub json: bool,
 
     /// Keep about N entries in the stream (XADD MAXLEN ~ N) [default: the
     /// stream's retention in the topology file, else unbounded].

@@ -1,20 +1,23 @@
 //! `streambus publish`: JSON arguments, one raw entry, or JSON lines from stdin.
 //!
 //! Prints one line per message: its entry id; or, to a partitioned stream,
-//! `PARTITION_KEY ENTRY_ID` (routed by the envelope's key, else in turn).
+//! `PARTITION_KEY ENTRY_ID` (routed by the envelope's key, else in turn); or,
+//! with `--json`, one JSON object ([`report`]).
 //!
 //! From stdin it keeps going through faults (Redis restarting, refusing,
 //! silent, resetting), for up to `--retry-for` per chunk of lines: see
 //! [`deliver`].
 
 mod deliver;
+mod report;
 
 use anyhow::{bail, Context, Result};
 use streambus::partition::PartitionedProducer;
-use streambus::{Client, Message, Producer, ProducerOptions, Retention};
+use streambus::{Client, EntryId, Message, Producer, ProducerOptions, Retention};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use self::deliver::{Anchor, Delivery, Line, Throttle};
+use self::report::Report;
 use crate::cli::PublishArgs;
 use crate::output::Lines;
 use crate::topology::Topology;
@@ -61,8 +64,8 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         check_size(&m, args.max_message_bytes)?;
         vec![m]
     } else {
-        let mut messages = Vec::with_capacity(args.json.len());
-        for (i, text) in args.json.iter().enumerate() {
+        let mut messages = Vec::with_capacity(args.documents.len());
+        for (i, text) in args.documents.iter().enumerate() {
             messages
                 .push(envelope(text.clone()).with_context(|| format!("JSON argument {}", i + 1))?);
         }
@@ -78,6 +81,11 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         None => vec![args.stream.clone()],
     };
     let producer = Producer::new(client, options).await?;
+    let report = Report::new(
+        &args.stream,
+        partitions.as_ref().map(|p| p.keys()),
+        args.json,
+    );
     let mut out = Lines::stdout();
     if !messages.is_empty() {
         let target = match partitions {
@@ -89,8 +97,12 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
                 stream: &args.stream,
             },
         };
-        for line in target.send(messages).await? {
-            out.line(line)?;
+        let envelope_ids: Vec<Option<String>> = messages
+            .iter()
+            .map(|m| m.envelope_id().map(str::to_owned))
+            .collect();
+        for ((at, id), envelope_id) in target.send(messages).await?.into_iter().zip(envelope_ids) {
+            report.print(&mut out, at, id, envelope_id.as_deref())?;
         }
         out.flush()?;
         return Ok(());
@@ -107,7 +119,7 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     let mut delivery = Delivery {
         conn,
         producer,
-        partitioned: partitions.is_some(),
+        report,
         next_partition: (streambus::Jitter::new().next_unit() * keys.len() as f64) as usize,
         keys,
         anchors,
@@ -129,10 +141,10 @@ enum Target<'a> {
 }
 
 impl Target<'_> {
-    /// Publishes `messages` in one pipeline (one per partition); returns one
-    /// output line per message, in order: the entry id, or
-    /// `PARTITION_KEY ENTRY_ID`.
-    async fn send(&self, messages: Vec<Message>) -> streambus::Result<Vec<String>> {
+    /// Publishes `messages` in one pipeline (one per partition); returns for
+    /// each message, in order, where it went (0 for a plain stream, else the
+    /// partition's index) and its entry id.
+    async fn send(&self, messages: Vec<Message>) -> streambus::Result<Vec<(usize, EntryId)>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -141,14 +153,16 @@ impl Target<'_> {
                 .publish_batch(stream, messages)
                 .await?
                 .into_iter()
-                .map(|id| id.to_string())
+                .map(|id| (0, id))
                 .collect(),
-            Target::Partitioned(p) => p
-                .publish_batch(messages)
-                .await?
-                .into_iter()
-                .map(|(key, id)| format!("{key} {id}"))
-                .collect(),
+            Target::Partitioned(p) => {
+                let keys = p.partitions().keys();
+                p.publish_batch(messages)
+                    .await?
+                    .into_iter()
+                    .map(|(key, id)| (keys.iter().position(|k| *k == key).unwrap_or(0), id))
+                    .collect()
+            }
         })
     }
 }

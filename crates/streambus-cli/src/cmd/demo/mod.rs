@@ -327,7 +327,7 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         started.elapsed(),
         drained,
     );
-    summary.print()?;
+    summary.print(args.json)?;
     if summary.lost > 0 {
         bail!(
             "{} published alerts were neither handled nor dead-lettered",

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
+use serde::Serialize;
 use streambus::config::format_duration;
 use streambus::{Connection, WorkerReport};
 
@@ -61,9 +62,100 @@ pub(super) async fn dead_letters(conn: &mut Connection, run: &str) -> Result<Dea
     Ok(out)
 }
 
+/// The end of a run, as facts: printed as text ([`Summary::lines`]) or, with
+/// `demo --json`, as one JSON object. Durations in milliseconds.
+#[derive(Debug, Serialize)]
 pub(super) struct Summary {
-    pub(super) lines: Vec<String>,
+    #[serde(rename = "duration_ms", serialize_with = "ms")]
+    duration: Duration,
+    published: Published,
+    /// Handler runs that succeeded, per group in pipeline order.
+    processed: Vec<Processed>,
+    redelivered: Redelivered,
+    dead_lettered: DeadLettered,
+    /// Malformed alerts sent on purpose (each must be dead-lettered).
+    malformed_sent: u64,
+    network_cut: NetworkCut,
+    /// Alerts whose publish failed (not counted as published).
+    publish_errors: u64,
+    /// Whether every group drained within the deadline (if not, alerts still
+    /// in flight count as lost).
+    drained: bool,
+    /// Published alerts neither handled to the end nor dead-lettered.
     pub(super) lost: u64,
+    /// Alert → result; `None` when no result came.
+    latency: Option<Latency>,
+}
+
+#[derive(Debug, Serialize)]
+struct Published {
+    alerts: u64,
+    security: u64,
+    cps: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Processed {
+    group: &'static str,
+    processed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Redelivered {
+    total: u64,
+    reclaimed: u64,
+    retried: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DeadLettered {
+    /// This run's alerts dead-lettered, over every stage.
+    alerts: u64,
+    /// Of those, the dead letters in `{aurora:alerts}:dlq`.
+    in_alerts_dlq: u64,
+    example_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct NetworkCut {
+    /// Why there was none, when it was skipped.
+    skipped: Option<String>,
+    /// How long the workers' network was cut; `None`: no cut.
+    #[serde(rename = "length_ms", serialize_with = "opt_ms")]
+    length: Option<Duration>,
+    /// From the heal to the first alert processed that was published during
+    /// the cut; `None` when no such alert was processed.
+    #[serde(rename = "resumed_after_ms", serialize_with = "opt_ms")]
+    resumed_after: Option<Duration>,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    #[serde(rename = "p50_ms", serialize_with = "fractional_ms")]
+    p50: Duration,
+    #[serde(rename = "p99_ms", serialize_with = "fractional_ms")]
+    p99: Duration,
+    samples: usize,
+}
+
+/// Whole milliseconds, as `monitor --json` writes durations.
+fn ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn opt_ms<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ms(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Milliseconds with a fraction, as `bench --json` writes latencies.
+fn fractional_ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
 impl Summary {
@@ -83,72 +175,121 @@ impl Summary {
             .count() as u64;
         let reclaimed: u64 = reports.iter().map(|r| r.reclaimed).sum();
         let retried: u64 = reports.iter().map(|r| r.retried).sum();
-        let security = stats.security_published.load(Ordering::Relaxed);
-        let cps = stats.cps_published.load(Ordering::Relaxed);
-        let malformed = stats.malformed_published.load(Ordering::Relaxed);
+        let latency = stats.latency_quantiles(&[0.5, 0.99]).map(|q| Latency {
+            p50: q[0],
+            p99: q[1],
+            samples: lock(&stats.latencies).len(),
+        });
+        Summary {
+            duration: elapsed,
+            published: Published {
+                alerts: published_ids.len(),
+                security: stats.security_published.load(Ordering::Relaxed),
+                cps: stats.cps_published.load(Ordering::Relaxed),
+            },
+            processed: STAGES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Processed {
+                    group: s.group,
+                    processed: stats.processed(i),
+                })
+                .collect(),
+            redelivered: Redelivered {
+                total: reclaimed + retried,
+                reclaimed,
+                retried,
+            },
+            dead_lettered: DeadLettered {
+                alerts: dead.ids.len(),
+                in_alerts_dlq: dead.in_alerts_dlq,
+                example_reason: dead.example_reason.clone(),
+            },
+            malformed_sent: stats.malformed_published.load(Ordering::Relaxed),
+            network_cut: NetworkCut {
+                skipped: cut_skipped.map(str::to_owned),
+                length: stats.cut.length(),
+                resumed_after: stats.cut.resumed_after(),
+            },
+            publish_errors: stats.publish_failures.load(Ordering::Relaxed),
+            drained,
+            lost,
+            latency,
+        }
+    }
+
+    /// The summary as people read it.
+    fn lines(&self) -> Vec<String> {
+        let p = &self.published;
+        let r = &self.redelivered;
+        let d = &self.dead_lettered;
         let mut lines = vec![
-            format!("demo summary ({}):", format_duration(elapsed)),
+            format!("demo summary ({}):", format_duration(self.duration)),
             format!(
-                "  published:     {} alerts ({security} security, {cps} CPS)",
-                published_ids.len()
+                "  published:     {} alerts ({} security, {} CPS)",
+                p.alerts, p.security, p.cps
             ),
             format!(
                 "  processed:     {}",
-                STAGES
+                self.processed
                     .iter()
-                    .enumerate()
-                    .map(|(i, s)| format!("{} {}", s.group, stats.processed(i)))
+                    .map(|s| format!("{} {}", s.group, s.processed))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
             format!(
-                "  redelivered:   {} (reclaimed {reclaimed}, retried {retried})",
-                reclaimed + retried
+                "  redelivered:   {} (reclaimed {}, retried {})",
+                r.total, r.reclaimed, r.retried
             ),
             format!(
                 "  dead-lettered: {} ({} in {{{ALERTS}}}:dlq{})",
-                dead.ids.len(),
-                dead.in_alerts_dlq,
-                dead.example_reason
+                d.alerts,
+                d.in_alerts_dlq,
+                d.example_reason
                     .as_deref()
                     .map(|r| format!("; e.g. {}", crate::output::cell(r, 100)))
                     .unwrap_or_default()
             ),
-            format!("  malformed:     {malformed} sent"),
+            format!("  malformed:     {} sent", self.malformed_sent),
             format!(
                 "  network cut:   {}",
-                cut_summary(cut_skipped, &stats.cut, drained)
+                cut_summary(&self.network_cut, self.drained)
             ),
         ];
-        let failures = stats.publish_failures.load(Ordering::Relaxed);
-        if failures > 0 {
+        if self.publish_errors > 0 {
             lines.push(format!(
-                "  publish errors: {failures} alerts (not counted as published)"
+                "  publish errors: {} alerts (not counted as published)",
+                self.publish_errors
             ));
         }
-        if !drained {
+        if !self.drained {
             lines.push(format!(
                 "  not drained within {}: alerts still in flight count as lost",
                 format_duration(DRAIN_DEADLINE)
             ));
         }
-        lines.push(format!("lost: {lost}"));
-        match stats.latency_quantiles(&[0.5, 0.99]) {
-            Some(q) => lines.push(format!(
+        lines.push(format!("lost: {}", self.lost));
+        match &self.latency {
+            Some(l) => lines.push(format!(
                 "latency alert → result: p50 {}, p99 {} ({} samples)",
-                format_duration(q[0]),
-                format_duration(q[1]),
-                lock(&stats.latencies).len()
+                format_duration(l.p50),
+                format_duration(l.p99),
+                l.samples
             )),
             None => lines.push("latency alert → result: no results".to_owned()),
         }
-        Summary { lines, lost }
+        lines
     }
 
-    pub(super) fn print(&self) -> Result<()> {
+    /// On stdout: the lines, or with `json` one JSON object.
+    pub(super) fn print(&self, json: bool) -> Result<()> {
         let mut out = crate::output::Lines::stdout();
-        for l in &self.lines {
-            out.line(l)?;
+        if json {
+            out.json(self)?;
+        } else {
+            for l in self.lines() {
+                out.line(l)?;
+            }
         }
         out.flush()?;
         Ok(())
@@ -156,19 +297,15 @@ impl Summary {
 }
 
 /// The summary's word on the network cut.
-pub(super) fn cut_summary(
-    skipped: Option<&str>,
-    cut: &pipeline::CutTimes,
-    drained: bool,
-) -> String {
-    let Some(length) = cut.length() else {
-        return match skipped {
+fn cut_summary(cut: &NetworkCut, drained: bool) -> String {
+    let Some(length) = cut.length else {
+        return match &cut.skipped {
             Some(why) => format!("skipped ({why})"),
             None => "none (the run ended before it)".to_owned(),
         };
     };
     let length = format_duration(length);
-    match cut.resumed_after() {
+    match cut.resumed_after {
         Some(after) => format!(
             "{length} black hole; work resumed {} after healing",
             format_duration(after)
@@ -178,5 +315,74 @@ pub(super) fn cut_summary(
             format!("{length} black hole; no alert published during it to time the recovery")
         }
         None => format!("{length} black hole; work had not resumed by the end"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_json_say_the_same() {
+        let ms = Duration::from_millis;
+        let summary = Summary {
+            duration: ms(3200),
+            published: Published {
+                alerts: 900,
+                security: 675,
+                cps: 225,
+            },
+            processed: vec![Processed {
+                group: "alert-processor",
+                processed: 661,
+            }],
+            redelivered: Redelivered {
+                total: 7,
+                reclaimed: 5,
+                retried: 2,
+            },
+            dead_lettered: DeadLettered {
+                alerts: 14,
+                in_alerts_dlq: 14,
+                example_reason: None,
+            },
+            malformed_sent: 14,
+            network_cut: NetworkCut {
+                skipped: None,
+                length: Some(ms(500)),
+                resumed_after: Some(ms(1250)),
+            },
+            publish_errors: 0,
+            drained: true,
+            lost: 0,
+            latency: Some(Latency {
+                p50: Duration::from_micros(2500),
+                p99: ms(40),
+                samples: 886,
+            }),
+        };
+        assert_eq!(
+            summary.lines(),
+            [
+                "demo summary (3.2s):",
+                "  published:     900 alerts (675 security, 225 CPS)",
+                "  processed:     alert-processor 661",
+                "  redelivered:   7 (reclaimed 5, retried 2)",
+                "  dead-lettered: 14 (14 in {aurora:alerts}:dlq)",
+                "  malformed:     14 sent",
+                "  network cut:   500ms black hole; work resumed 1.2s after healing",
+                "lost: 0",
+                "latency alert → result: p50 2ms, p99 40ms (886 samples)",
+            ]
+        );
+        let v = serde_json::to_value(&summary).unwrap();
+        assert_eq!(v["duration_ms"], 3200);
+        assert_eq!(
+            v["network_cut"],
+            serde_json::json!({"skipped": null, "length_ms": 500, "resumed_after_ms": 1250})
+        );
+        assert_eq!(v["latency"]["p50_ms"], 2.5);
+        assert_eq!(v["processed"][0]["group"], "alert-processor");
+        assert_eq!(v["lost"], 0);
     }
 }

@@ -35,6 +35,7 @@ use streambus::config::format_duration;
 use streambus::{read, Connection, EntryId, Error, ErrorKind, Message, Producer, ProducerOptions};
 use tokio::time::Instant;
 
+use super::report::Report;
 use crate::output::Lines;
 
 mod give_up;
@@ -72,6 +73,8 @@ struct Slot {
     stream: usize,
     /// Its entry id, once known to be written.
     id: Option<EntryId>,
+    /// The envelope id it was sent with, when the report shows it.
+    envelope_id: Option<String>,
     /// Sent without a reply: maybe written. Resolved by the read-back.
     unconfirmed: bool,
 }
@@ -113,10 +116,10 @@ pub(super) struct Delivery<'a> {
     pub conn: Connection,
     /// `publish_timeout` = `--retry-for`.
     pub producer: Producer,
-    /// The streams written to: one, or the partitions (then output lines are
-    /// `KEY ID`).
+    /// The streams written to: one, or the partitions.
     pub keys: Vec<String>,
-    pub partitioned: bool,
+    /// What is printed for each line written.
+    pub report: Report,
     /// Per stream, where the entries of the next send will be.
     pub anchors: Vec<Anchor>,
     pub retry_for: Duration,
@@ -154,7 +157,7 @@ impl Delivery<'_> {
         }
     }
 
-    /// Publishes `lines` (in order) and prints the entry id of each, in order.
+    /// Publishes `lines` (in order) and prints the report line of each, in order.
     /// On giving up, prints the ids of the lines that were written and fails
     /// with the first line number that was not.
     pub async fn chunk(&mut self, lines: Vec<Line>, text: &str, out: &mut Lines) -> Result<()> {
@@ -168,6 +171,7 @@ impl Delivery<'_> {
                 line,
                 stream,
                 id: None,
+                envelope_id: None,
                 unconfirmed: false,
             });
         }
@@ -248,7 +252,8 @@ impl Delivery<'_> {
         }
         for s in &slots {
             if let Some(id) = s.id {
-                self.print(out, s.stream, id)?;
+                self.report
+                    .print(out, s.stream, id, s.envelope_id.as_deref())?;
             }
         }
         out.flush()?;
@@ -297,6 +302,9 @@ impl Delivery<'_> {
                     )
                 })?,
             };
+            if self.report.shows_envelope_ids() {
+                s.envelope_id = m.envelope_id().map(str::to_owned);
+            }
             groups[s.stream].0.push(i);
             groups[s.stream].1.push(m);
         }
@@ -411,14 +419,6 @@ impl Delivery<'_> {
                 return;
             }
             last[s.stream] = Some(id);
-        }
-    }
-
-    fn print(&self, out: &mut Lines, stream: usize, id: EntryId) -> std::io::Result<()> {
-        if self.partitioned {
-            out.line(format_args!("{} {id}", self.keys[stream]))
-        } else {
-            out.line(id)
         }
     }
 }
