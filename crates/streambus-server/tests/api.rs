@@ -4,49 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Request, Response, StatusCode};
-use serde_json::Value;
-use streambus_server::{app, AppState, ServerConfig};
+use axum::http::{header, StatusCode};
+use streambus_server::ServerConfig;
+use streambus_testkit::wait::wait_for_some;
 use streambus_testkit::RedisServer;
-use tower::ServiceExt;
 
-use common::{config, eventually, producer, publish_n, state, stream, TOKEN};
-
-async fn call(state: &AppState, req: Request<Body>) -> Response<Body> {
-    app(state.clone()).oneshot(req).await.unwrap()
-}
-
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
-}
-
-fn post(path: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.into())
-        .unwrap()
-}
-
-async fn json(resp: Response<Body>) -> Value {
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-}
-
-async fn text(resp: Response<Body>) -> String {
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
+use common::http::{call, get, json, post, text};
+use common::{config, dead_letter, group_fixture, state, stream, DeadLetter, TOKEN};
 
 #[tokio::test]
 async fn auth_is_required_except_for_health_and_the_page() {
@@ -178,24 +142,6 @@ async fn publish_created_bad_json_too_large_unknown_stream() {
     assert_eq!(redis.cli(&["XLEN", &s]), "1");
 }
 
-/// A stream with group `g`, consumer `c1` holding 2 pending entries, 3 undelivered.
-async fn group_fixture(redis: &RedisServer, s: &str) {
-    let p = producer(redis).await;
-    publish_n(&p, s, 5, 0).await;
-    redis.cli(&["XGROUP", "CREATE", s, "g", "0"]);
-    redis.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "g",
-        "c1",
-        "COUNT",
-        "2",
-        "STREAMS",
-        s,
-        ">",
-    ]);
-}
-
 #[tokio::test]
 async fn group_snapshot_and_unknown_names() {
     let redis = RedisServer::start();
@@ -265,7 +211,7 @@ async fn scale_reports_reference_rule_and_advisor() {
         .starts_with("Consumers should be OUT"));
     assert!(!v["reasons"].as_array().unwrap().is_empty());
     // The advisor needs a second sample at least a second later.
-    let v = eventually("an advisor target", Duration::from_secs(5), || async {
+    let v = wait_for_some(Duration::from_secs(5), "an advisor target", || async {
         let v = json(call(&st, get(&path, Some(TOKEN))).await).await;
         v["target"].is_u64().then_some(v)
     })
@@ -285,27 +231,14 @@ async fn dead_letters_are_listed() {
     let redis = RedisServer::start();
     let s = stream("dlq");
     let st = state(&redis, config(&[&s])).await;
-    let dlq = streambus::keys::dead_letter(&s);
     for i in 0..3 {
-        redis.cli(&[
-            "XADD",
-            &dlq,
-            "*",
-            "data",
-            &format!("{{\"n\":{i}}}"),
-            "reason",
-            "handler failed: <script>",
-            "group",
-            "g",
-            "consumer",
-            "c1",
-            "deliveries",
-            "5",
-            "source_id",
-            "1-1",
-            "source_stream",
-            &s,
-        ]);
+        let data = format!("{{\"n\":{i}}}");
+        let d = DeadLetter {
+            data: &data,
+            reason: "handler failed: <script>",
+            ..Default::default()
+        };
+        dead_letter(&redis, &s, &d);
     }
     let v = json(
         call(
@@ -371,7 +304,7 @@ async fn healthz_503_when_redis_is_down() {
         StatusCode::OK
     );
     redis.kill();
-    let body = eventually("healthz 503", Duration::from_secs(10), || async {
+    let body = wait_for_some(Duration::from_secs(10), "healthz 503", || async {
         let r = call(&st, get("/healthz", None)).await;
         if r.status() == StatusCode::SERVICE_UNAVAILABLE {
             Some(json(r).await)

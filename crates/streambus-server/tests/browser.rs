@@ -11,11 +11,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use streambus::Message as BusMessage;
+use streambus_testkit::wait::eventually;
 use streambus_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
@@ -23,10 +24,17 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{config, producer, state, stream, RunningServer, TOKEN};
+use common::faults::{connect_options, proxy};
+use common::{
+    config, dead_letter, deliver, producer, server, state_with, stream, DeadLetter, RunningServer,
+    TOKEN,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const LIMIT: Duration = Duration::from_secs(20);
+/// The page's connection status. Null-safe: the navigation may not have
+/// replaced about:blank yet.
+const CONN: &str = "(document.getElementById('conn') || {}).textContent || ''";
 
 /// A headless Chromium, killed on drop, with its own profile directory.
 struct Browser {
@@ -195,73 +203,23 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_shows_live_events_as_text_in_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {CHROMIUM} is missing: .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium); the dashboard browser test did not run");
-        return;
+/// Whether the `test` browser test must be skipped: no [`CHROMIUM`], and not
+/// on CI (which must run it).
+fn chromium_missing(test: &str) -> bool {
+    if Path::new(CHROMIUM).exists() {
+        return false;
     }
-    let redis = RedisServer::start();
-    let alerts = stream("alerts");
-    let audit = stream("audit");
-    let p = producer(&redis).await;
-    // A group with a consumer holding work, and a dead letter, so every table has rows.
-    p.publish(&alerts, BusMessage::json(&json!({"boot": true})).unwrap())
-        .await
-        .unwrap();
-    p.publish(&audit, BusMessage::json(&json!({"boot": true})).unwrap())
-        .await
-        .unwrap();
-    redis.cli(&["XGROUP", "CREATE", &alerts, "alert-processor", "0"]);
-    redis.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "alert-processor",
-        "worker-1",
-        "COUNT",
-        "1",
-        "STREAMS",
-        &alerts,
-        ">",
-    ]);
-    redis.cli(&["XGROUP", "CREATE", &audit, "audit-logger", "$"]);
-    redis.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "audit-logger",
-        "logger-1",
-        "COUNT",
-        "1",
-        "STREAMS",
-        &audit,
-        ">",
-    ]);
-    redis.cli(&[
-        "XADD",
-        &streambus::keys::dead_letter(&alerts),
-        "*",
-        "data",
-        "{\"msg\":\"<b>malformed</b>\"}",
-        "reason",
-        "handler failed: invalid severity",
-        "group",
-        "alert-processor",
-        "consumer",
-        "worker-1",
-        "deliveries",
-        "5",
-        "source_id",
-        "1-1",
-        "source_stream",
-        &alerts,
-    ]);
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but {CHROMIUM} is missing: .ci/run installs it"
+    );
+    eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium); the {test} browser test did not run");
+    true
+}
 
-    let srv = RunningServer::start(state(&redis, config(&[&alerts, &audit])).await).await;
-    let browser = Browser::launch().await;
+/// Opens `url` in a new page of `browser`, `height` pixels high, with a
+/// DevTools session on it.
+async fn open_page(browser: &Browser, url: &str, height: u32) -> Cdp {
     let mut cdp = Cdp::connect(&browser.ws_url).await;
     let target = cdp
         .call("Target.createTarget", json!({ "url": "about:blank" }))
@@ -277,27 +235,84 @@ async fn dashboard_shows_live_events_as_text_in_chromium() {
     cdp.call("Runtime.enable", json!({})).await;
     cdp.call(
         "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1440, "height": 1500, "deviceScaleFactor": 1, "mobile": false }),
+        json!({ "width": 1440, "height": height, "deviceScaleFactor": 1, "mobile": false }),
     )
     .await;
-    let url = format!("http://{}/#token={TOKEN}", srv.addr);
     cdp.call("Page.navigate", json!({ "url": url })).await;
+    cdp
+}
+
+/// Polls the page's value of `expr` until `accept` takes it, with the
+/// testkit's deadline loop ([`eventually`], up to [`LIMIT`]): `Ok` with that
+/// value, or `Err` with the last value seen, for the caller's message.
+///
+/// `eventually` is sync: it blocks this thread (`block_in_place`, so a
+/// multi-thread runtime), and each check drives one CDP call to its end; the
+/// server's tasks go on running on the runtime's workers.
+async fn poll_page(
+    cdp: &mut Cdp,
+    expr: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Result<Value, Value> {
+    let rt = tokio::runtime::Handle::current();
+    let mut last = Value::Null;
+    let ok = tokio::task::block_in_place(|| {
+        eventually(LIMIT, || {
+            last = rt.block_on(cdp.eval(expr));
+            accept(&last)
+        })
+    });
+    if ok {
+        Ok(last)
+    } else {
+        Err(last)
+    }
+}
+
+/// Polls the page's value of `expr` until it equals `want`.
+async fn wait_for_value(cdp: &mut Cdp, expr: &str, want: Value, what: &str) {
+    if let Err(v) = poll_page(cdp, expr, |v| *v == want).await {
+        panic!("{what}: {expr} is {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_live_events_as_text_in_chromium() {
+    if chromium_missing("dashboard") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let alerts = stream("alerts");
+    let audit = stream("audit");
+    let p = producer(&redis).await;
+    // A group with a consumer holding work, and a dead letter, so every table has rows.
+    p.publish(&alerts, BusMessage::json(&json!({"boot": true})).unwrap())
+        .await
+        .unwrap();
+    p.publish(&audit, BusMessage::json(&json!({"boot": true})).unwrap())
+        .await
+        .unwrap();
+    redis.cli(&["XGROUP", "CREATE", &alerts, "alert-processor", "0"]);
+    deliver(&redis, &alerts, "alert-processor", "worker-1", 1);
+    redis.cli(&["XGROUP", "CREATE", &audit, "audit-logger", "$"]);
+    deliver(&redis, &audit, "audit-logger", "logger-1", 1);
+    let malformed = DeadLetter {
+        data: "{\"msg\":\"<b>malformed</b>\"}",
+        reason: "handler failed: invalid severity",
+        group: "alert-processor",
+        consumer: "worker-1",
+    };
+    dead_letter(&redis, &alerts, &malformed);
+
+    let srv = server(&redis, config(&[&alerts, &audit])).await;
+    let browser = Browser::launch().await;
+    let url = format!("http://{}/#token={TOKEN}", srv.addr);
+    // Tall, so that the screenshot shows every table.
+    let mut cdp = open_page(&browser, &url, 1500).await;
 
     // The page takes the token from the fragment, then goes live.
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        // Null-safe: the navigation may not have replaced about:blank yet.
-        let s = cdp
-            .eval("(document.getElementById('conn') || {}).textContent || ''")
-            .await;
-        if s == "live" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dashboard never went live: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(s) = poll_page(&mut cdp, CONN, |s| s == "live").await {
+        panic!("dashboard never went live: {s}");
     }
     assert_eq!(
         cdp.eval("location.hash").await,
@@ -342,36 +357,26 @@ async fn dashboard_shows_live_events_as_text_in_chromium() {
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
 
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        let feed = cdp
-            .eval("document.getElementById('feed').textContent")
-            .await;
-        let feed = feed.as_str().unwrap_or_default().to_owned();
-        let consumers = cdp
-            .eval("document.getElementById('consumers').textContent")
-            .await;
-        let scale = cdp
-            .eval("document.getElementById('groups').textContent")
-            .await;
-        let dlq = cdp.eval("document.getElementById('dlq').textContent").await;
-        let ready = feed.contains("<img src=x onerror=alert(1)>")
-            && feed.contains("<script>window.__pwned=1</script>")
-            && feed.contains("R-1273")
-            && consumers.as_str().unwrap_or_default().contains("worker-1")
-            && scale.as_str().unwrap_or_default().contains("OUT")
-            && dlq
-                .as_str()
-                .unwrap_or_default()
-                .contains("invalid severity");
-        if ready {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "dashboard did not show everything; feed: {feed:.300}, consumers: {consumers}, groups: {scale}, dlq: {dlq}"
+    // The text of each table, in one evaluation.
+    let tables = "(function(){ const t = id => document.getElementById(id).textContent; \
+        return { feed: t('feed'), consumers: t('consumers'), groups: t('groups'), dlq: t('dlq') }; })()";
+    let has =
+        |v: &Value, table: &str, text: &str| v[table].as_str().unwrap_or_default().contains(text);
+    let shown = poll_page(&mut cdp, tables, |v| {
+        has(v, "feed", "<img src=x onerror=alert(1)>")
+            && has(v, "feed", "<script>window.__pwned=1</script>")
+            && has(v, "feed", "R-1273")
+            && has(v, "consumers", "worker-1")
+            && has(v, "groups", "OUT")
+            && has(v, "dlq", "invalid severity")
+    })
+    .await;
+    if let Err(v) = shown {
+        let feed = v["feed"].as_str().unwrap_or_default();
+        panic!(
+            "dashboard did not show everything; feed: {feed:.300}, consumers: {}, groups: {}, dlq: {}",
+            v["consumers"], v["groups"], v["dlq"]
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Shown as text, ran nothing.
     assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 0);
@@ -404,81 +409,22 @@ async fn dashboard_shows_live_events_as_text_in_chromium() {
     eprintln!("dashboard screenshot: {}", path.display());
 }
 
-/// Opens `url` in a new page of `browser`, with a DevTools session on it.
-async fn open_page(browser: &Browser, url: &str) -> Cdp {
-    let mut cdp = Cdp::connect(&browser.ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({ "url": "about:blank" }))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        )
-        .await;
-    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call("Runtime.enable", json!({})).await;
-    cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1440, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
-    )
-    .await;
-    cdp.call("Page.navigate", json!({ "url": url })).await;
-    cdp
-}
-
-/// Polls the page's expression `expr` until it equals `want`.
-async fn wait_for(cdp: &mut Cdp, expr: &str, want: Value, what: &str) -> std::time::Duration {
-    let start = std::time::Instant::now();
-    loop {
-        let v = cdp.eval(expr).await;
-        if v == want {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < LIMIT, "{what}: {expr} is {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// While Redis is unreachable the page shows a "Redis unreachable" banner
 /// (the service's `/healthz`, polled every 2 s), and removes it on recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_a_banner_while_redis_is_unreachable() {
-    if !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but {CHROMIUM} is missing: .ci/run installs it"
-        );
-        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium); the banner browser test did not run");
+    if chromium_missing("banner") {
         return;
     }
     let redis = RedisServer::start();
-    let proxy = streambus_testkit::FaultProxy::start(std::net::SocketAddr::from((
-        std::net::Ipv4Addr::LOCALHOST,
-        redis.port(),
-    )))
-    .await
-    .unwrap();
+    let proxy = proxy(&redis).await;
     let s = stream("banner");
-    let client = streambus::Client::open_with(
-        &proxy.url(),
-        streambus::ConnectOptions {
-            connect_timeout: Duration::from_millis(500),
-            response_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let st = streambus_server::AppState::new(config(&[&s]), client)
-        .await
-        .unwrap();
-    let srv = RunningServer::start(st).await;
+    let client = streambus::Client::open_with(&proxy.url(), connect_options()).unwrap();
+    let srv = RunningServer::start(state_with(client, config(&[&s])).await).await;
     let browser = Browser::launch().await;
     let url = format!("http://{}/#token={TOKEN}", srv.addr);
-    let mut cdp = open_page(&browser, &url).await;
-    let conn = "(document.getElementById('conn') || {}).textContent || ''";
-    wait_for(&mut cdp, conn, json!("live"), "the page goes live").await;
+    let mut cdp = open_page(&browser, &url, 900).await;
+    wait_for_value(&mut cdp, CONN, json!("live"), "the page goes live").await;
     let banner_shown = "(function(){ const b = document.getElementById('redis-banner'); \
         return !!b && !b.hidden && b.getBoundingClientRect().height > 0 && b.textContent; })()";
     assert_eq!(
@@ -490,15 +436,15 @@ async fn dashboard_shows_a_banner_while_redis_is_unreachable() {
     // Redis unreachable: open connections cut, new ones refused.
     proxy.refuse();
     proxy.reset_all();
-    let start = std::time::Instant::now();
-    loop {
-        let v = cdp.eval(banner_shown).await;
-        if let Some(text) = v.as_str() {
-            assert!(text.starts_with("Redis unreachable since "), "{text}");
-            break;
-        }
-        assert!(start.elapsed() < LIMIT, "no banner: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    match poll_page(&mut cdp, banner_shown, Value::is_string).await {
+        Ok(text) => assert!(
+            text.as_str()
+                .unwrap()
+                .starts_with("Redis unreachable since "),
+            "{text}"
+        ),
+        Err(v) => panic!("no banner: {v}"),
     }
     eprintln!(
         "banner shown {:?} after Redis became unreachable",
@@ -518,8 +464,12 @@ async fn dashboard_shows_a_banner_while_redis_is_unreachable() {
     eprintln!("screenshot: {}", path.display());
 
     proxy.pass_through();
-    let gone = wait_for(&mut cdp, banner_shown, json!(false), "the banner goes away").await;
-    eprintln!("banner removed {gone:?} after Redis became reachable");
+    let healed = Instant::now();
+    wait_for_value(&mut cdp, banner_shown, json!(false), "the banner goes away").await;
+    eprintln!(
+        "banner removed {:?} after Redis became reachable",
+        healed.elapsed()
+    );
 }
 
 #[test]

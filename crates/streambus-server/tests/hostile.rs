@@ -8,21 +8,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use streambus_testkit::RedisServer;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{config, producer, publish_n, state, stream, RunningServer, TOKEN};
+use common::{config, producer, publish_n, server, stream};
 
 #[tokio::test]
 async fn the_relay_survives_hostile_entries() {
     let redis = RedisServer::start();
     let s = stream("hostile");
-    let srv = RunningServer::start(state(&redis, config(&[&s])).await).await;
-    let mut req = format!("ws://{}/ws?streams={s}", srv.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let srv = server(&redis, config(&[&s])).await;
+    let req = srv.ws_request(&format!("streams={s}"));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
     let client = streambus::Client::open(&redis.url()).unwrap();
@@ -83,19 +78,6 @@ async fn the_relay_survives_hostile_entries() {
     assert_eq!(got, after);
 
     // The API copes too.
-    let resp = reqwest_like_get(srv.addr, &format!("/api/streams/{s}/dlq")).await;
+    let resp = srv.raw_get(&format!("/api/streams/{s}/dlq")).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-}
-
-/// A minimal authorized GET over a raw socket (no HTTP client dependency).
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    sock.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -13,28 +13,18 @@ use serde_json::Value;
 use streambus::admin::group::create_group;
 use streambus::partition::{PartitionedProducer, Partitions};
 use streambus::{Client, Message, ProducerOptions, StartId};
-use streambus_server::{AppState, ServerConfig};
+use streambus_server::ServerConfig;
 use streambus_testkit::RedisCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use common::{RunningServer, TOKEN};
+use common::{state_with, RunningServer};
 
 const PARTITIONS: u32 = 4;
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// The status and JSON body of an authorized GET of `path` over a socket.
 async fn get_json(srv: &RunningServer, path: &str) -> (u16, Value) {
-    // A tiny HTTP/1.1 GET, enough for these JSON routes.
-    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n",
-        srv.addr
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let resp = srv.raw_get(path).await;
     let code: u16 = resp
         .split_whitespace()
         .nth(1)
@@ -55,31 +45,20 @@ async fn a_partitioned_stream_is_shown_and_relayed_as_one() {
     let stream = format!("{}orders", streambus_testkit::unique_prefix("part"));
     let partitions = Partitions::new(&stream, PARTITIONS).unwrap();
     let config = ServerConfig {
-        token: Some(TOKEN.into()),
-        streams: vec![stream.clone()],
         partitions: [(stream.clone(), PARTITIONS)].into(),
-        ..Default::default()
+        ..common::config(&[&stream])
     };
-    config.validate().unwrap();
-    let state = AppState::new(config, client.clone()).await.unwrap();
+    let state = state_with(client.clone(), config).await;
     // One pinned reader per partition.
     assert_eq!(state.relay_streams(), PARTITIONS as usize);
     let srv = RunningServer::start(state).await;
 
     // A WebSocket client of the logical stream, before anything is published.
-    let mut req = format!("ws://{}/ws?streams={stream}", srv.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let req = srv.ws_request(&format!("streams={stream}"));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
     // Resuming is refused for a partitioned stream, with a reason.
-    let mut bad = format!("ws://{}/ws?streams={stream}&from=0-1", srv.addr)
-        .into_client_request()
-        .unwrap();
-    bad.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let bad = srv.ws_request(&format!("streams={stream}&from=0-1"));
     match tokio_tungstenite::connect_async(bad).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 400);

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use streambus::EntryId;
 use streambus_server::ServerConfig;
+use streambus_testkit::wait::wait_for;
 use streambus_testkit::RedisServer;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -15,27 +16,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use common::{config, eventually, producer, publish_n, state, stream, RunningServer, TOKEN};
+use common::{config, producer, publish_n, server, state, stream, RunningServer, TOKEN};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest wait for any one thing in these tests.
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn request(
-    srv: &RunningServer,
-    query: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!("ws://{}/ws?{query}", srv.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    req
-}
-
 async fn connect(srv: &RunningServer, query: &str) -> Ws {
-    let (ws, resp) = tokio_tungstenite::connect_async(request(srv, query))
+    let (ws, resp) = tokio_tungstenite::connect_async(srv.ws_request(query))
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
@@ -88,7 +77,7 @@ async fn read(ws: &mut Ws, n: usize) -> Seen {
 async fn two_clients_get_every_entry_in_order() {
     let redis = RedisServer::start();
     let s = stream("fanout");
-    let srv = RunningServer::start(state(&redis, config(&[&s])).await).await;
+    let srv = server(&redis, config(&[&s])).await;
     let mut a = connect(&srv, &format!("streams={s}")).await;
     let mut b = connect(&srv, &format!("streams={s}")).await;
     let p = producer(&redis).await;
@@ -113,7 +102,7 @@ async fn resume_replays_exactly_the_entries_after_the_id_then_goes_live() {
     let redis = RedisServer::start();
     let s = stream("resume");
     let other = stream("resume-other");
-    let srv = RunningServer::start(state(&redis, config(&[&s, &other])).await).await;
+    let srv = server(&redis, config(&[&s, &other])).await;
     let p = producer(&redis).await;
     let before = publish_n(&p, &s, 10, 0).await;
     let mut ws = connect(&srv, &format!("streams={s}&from={}", before[4])).await;
@@ -124,7 +113,7 @@ async fn resume_replays_exactly_the_entries_after_the_id_then_goes_live() {
     assert_eq!(live.ids, after);
 
     // The Last-Event-ID header works too, and a client can follow two streams.
-    let mut req = request(&srv, &format!("streams={s},{other}"));
+    let mut req = srv.ws_request(&format!("streams={s},{other}"));
     req.headers_mut()
         .insert("last-event-id", before[8].to_string().parse().unwrap());
     let (mut ws2, _) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -139,15 +128,12 @@ async fn resume_replays_exactly_the_entries_after_the_id_then_goes_live() {
 async fn bad_requests_are_refused_with_json() {
     let redis = RedisServer::start();
     let s = stream("bad");
-    let srv = RunningServer::start(
-        state(
-            &redis,
-            ServerConfig {
-                max_ws_clients: 1,
-                ..config(&[&s])
-            },
-        )
-        .await,
+    let srv = server(
+        &redis,
+        ServerConfig {
+            max_ws_clients: 1,
+            ..config(&[&s])
+        },
     )
     .await;
     let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
@@ -156,14 +142,14 @@ async fn bad_requests_are_refused_with_json() {
         Ok(_) => 101,
     };
     let try_q = |q: String| {
-        let req = request(&srv, &q);
+        let req = srv.ws_request(&q);
         async move { status(tokio_tungstenite::connect_async(req).await.map(|_| ())) }
     };
     assert_eq!(try_q(format!("streams={s}&from=nope")).await, 400);
     assert_eq!(try_q("streams=".into()).await, 400);
     assert_eq!(try_q("streams=elsewhere".into()).await, 404);
     // A page on another origin may not open it.
-    let mut req = request(&srv, &format!("streams={s}"));
+    let mut req = srv.ws_request(&format!("streams={s}"));
     req.headers_mut()
         .insert("origin", "https://evil.example".parse().unwrap());
     assert_eq!(
@@ -188,8 +174,8 @@ async fn bad_requests_are_refused_with_json() {
     // The one client slot is taken: the next gets 503.
     assert_eq!(try_q(format!("streams={s}")).await, 503);
     drop(ws);
-    eventually("the slot to free up", LIMIT, || async {
-        (try_q(format!("streams={s}")).await == 101).then_some(())
+    wait_for(LIMIT, "the slot to free up", || async {
+        try_q(format!("streams={s}")).await == 101
     })
     .await;
 }
@@ -208,17 +194,14 @@ async fn a_stalled_client_is_cut_off_and_others_keep_up() {
     const N: usize = 6000;
     let redis = RedisServer::start();
     let s = stream("stall");
-    let srv = RunningServer::start(
-        state(
-            &redis,
-            ServerConfig {
-                ws_client_queue: 1024,
-                // Long enough that the cut-off is the lag rule, not the timeout.
-                ws_send_timeout: Duration::from_secs(60),
-                ..config(&[&s])
-            },
-        )
-        .await,
+    let srv = server(
+        &redis,
+        ServerConfig {
+            ws_client_queue: 1024,
+            // Long enough that the cut-off is the lag rule, not the timeout.
+            ws_send_timeout: Duration::from_secs(60),
+            ..config(&[&s])
+        },
     )
     .await;
     let mut normal = connect(&srv, &format!("streams={s}")).await;
@@ -227,7 +210,7 @@ async fn a_stalled_client_is_cut_off_and_others_keep_up() {
     sock.set_recv_buffer_size(4096).unwrap();
     let tcp = sock.connect(srv.addr).await.unwrap();
     let (mut stalled, _) = tokio_tungstenite::client_async(
-        request(&srv, &format!("streams={s}")),
+        srv.ws_request(&format!("streams={s}")),
         MaybeTlsStream::Plain(tcp),
     )
     .await
@@ -322,8 +305,8 @@ async fn on_demand_readers_stop_when_their_last_client_leaves() {
     assert_eq!(read(&mut ws, 3).await.ids, ids);
     ws.close(None).await.unwrap();
     drop(ws);
-    eventually("the reader to stop", LIMIT, || async {
-        (st.relay_streams() == 0).then_some(())
+    wait_for(LIMIT, "the reader to stop", || async {
+        st.relay_streams() == 0
     })
     .await;
 }

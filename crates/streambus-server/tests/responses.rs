@@ -16,46 +16,29 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Request, Response};
+use axum::http::Response;
 use serde_json::{json, Value};
-use streambus_server::{app, AppState, ServerConfig};
+use streambus_server::{AppState, ServerConfig};
+use streambus_testkit::wait::wait_for_some;
 use streambus_testkit::RedisServer;
-use tower::ServiceExt;
 
-use common::{eventually, producer, publish_n, state, TOKEN};
+use common::http::{self, call, get, post};
+use common::{config, dead_letter, group_fixture, state, DeadLetter, TOKEN};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/responses.json");
 
 /// String values kept as they are: enumerations, not data.
 const KEPT_STRINGS: &[&str] = &["status", "suggestion", "redis", "reason", "error", "type"];
 
-async fn call(state: &AppState, req: Request<Body>) -> Response<Body> {
-    app(state.clone()).oneshot(req).await.unwrap()
-}
-
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
-}
-
-fn post(path: &str, body: &str) -> Request<Body> {
-    Request::post(path)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::from(body.to_owned()))
-        .unwrap()
-}
-
+/// The status and JSON body of `resp`.
 async fn body(resp: Response<Body>) -> (u16, Value) {
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    let v = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
-    (status, v)
+    (status, http::json(resp).await)
+}
+
+/// The status and JSON body of a GET of `path` (with `token` if given).
+async fn fetch(st: &AppState, path: &str, token: Option<&str>) -> (u16, Value) {
+    body(call(st, get(path, token)).await).await
 }
 
 /// `v` with volatile leaves replaced by their type.
@@ -81,47 +64,12 @@ async fn every_response_keeps_its_shape() {
     let plain = "shape:plain";
     let missing = "shape:missing";
     let parted = "shape:parted";
-    let p = producer(&redis).await;
-    publish_n(&p, plain, 5, 0).await;
-    redis.cli(&["XGROUP", "CREATE", plain, "g", "0"]);
-    redis.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "g",
-        "c1",
-        "COUNT",
-        "2",
-        "STREAMS",
-        plain,
-        ">",
-    ]);
-    let dead = |stream: &str| {
-        redis.cli(&[
-            "XADD",
-            &streambus::keys::dead_letter(stream),
-            "*",
-            "data",
-            "{\"n\":1}",
-            "reason",
-            "handler failed",
-            "group",
-            "g",
-            "consumer",
-            "c1",
-            "deliveries",
-            "5",
-            "source_id",
-            "1-1",
-            "source_stream",
-            stream,
-        ]);
-    };
+    group_fixture(&redis, plain).await;
+    let dead = |stream: &str| dead_letter(&redis, stream, &DeadLetter::default());
     dead(plain);
     let config = ServerConfig {
-        token: Some(TOKEN.into()),
-        streams: vec![plain.into(), missing.into(), parted.into()],
         partitions: [(parted.to_owned(), 2)].into(),
-        ..Default::default()
+        ..config(&[plain, missing, parted])
     };
     let st = state(&redis, config).await;
 
@@ -135,15 +83,11 @@ async fn every_response_keeps_its_shape() {
 
     // A partitioned stream: publish to it (keyed, so the partition is fixed),
     // a group on the partition that got it, a dead letter there.
-    let r = call(
-        &st,
-        post(
-            &format!("/api/streams/{parted}/messages?key=k1"),
-            "{\"a\":1}",
-        ),
-    )
-    .await;
-    let (status, v) = body(r).await;
+    let publish = post(
+        &format!("/api/streams/{parted}/messages?key=k1"),
+        "{\"a\":1}",
+    );
+    let (status, v) = body(call(&st, publish).await).await;
     let partition = v["partition"].as_u64().expect("a partition index");
     let key = streambus::partition::Partitions::new(parted, 2)
         .unwrap()
@@ -152,112 +96,65 @@ async fn every_response_keeps_its_shape() {
     redis.cli(&["XGROUP", "CREATE", &key, "g", "0"]);
     dead(&key);
     record("publish_partitioned", (status, v));
-    record(
-        "publish",
-        body(
-            call(
-                &st,
-                post(
-                    &format!("/api/streams/{plain}/messages?type=t"),
-                    "{\"a\":1}",
-                ),
-            )
-            .await,
-        )
-        .await,
+    let publish = post(
+        &format!("/api/streams/{plain}/messages?type=t"),
+        "{\"a\":1}",
     );
-    record(
-        "streams",
-        body(call(&st, get("/api/streams", Some(TOKEN))).await).await,
-    );
-    record(
-        "group",
-        body(
-            call(
-                &st,
-                get(&format!("/api/streams/{plain}/groups/g"), Some(TOKEN)),
-            )
-            .await,
-        )
-        .await,
-    );
+    record("publish", body(call(&st, publish).await).await);
+    for (name, path) in [
+        ("streams", "/api/streams".to_owned()),
+        ("group", format!("/api/streams/{plain}/groups/g")),
+    ] {
+        record(name, fetch(&st, &path, Some(TOKEN)).await);
+    }
     let scale_path = format!("/api/streams/{plain}/groups/g/scale");
-    let advised = eventually("an advisor target", Duration::from_secs(10), || async {
-        let (status, v) = body(call(&st, get(&scale_path, Some(TOKEN))).await).await;
+    let advised = wait_for_some(Duration::from_secs(10), "an advisor target", || async {
+        let (status, v) = fetch(&st, &scale_path, Some(TOKEN)).await;
         v["target"].is_u64().then_some((status, v))
     })
     .await;
     record("scale", advised);
-    record(
-        "dlq",
-        body(call(&st, get(&format!("/api/streams/{plain}/dlq"), Some(TOKEN))).await).await,
-    );
-    record(
-        "dlq_partitioned",
-        body(call(&st, get(&format!("/api/streams/{parted}/dlq"), Some(TOKEN))).await).await,
-    );
-    record(
-        "healthz",
-        body(call(&st, get("/healthz", None)).await).await,
-    );
-    record(
-        "unauthorized",
-        body(call(&st, get("/api/streams", None)).await).await,
-    );
-    record("no_route", body(call(&st, get("/nope", None)).await).await);
-    record(
-        "bad_request",
-        body(
-            call(
-                &st,
-                get(&format!("/api/streams/{plain}/dlq?count=0"), Some(TOKEN)),
-            )
-            .await,
-        )
-        .await,
-    );
-    record(
-        "no_group",
-        body(
-            call(
-                &st,
-                get(&format!("/api/streams/{plain}/groups/nope"), Some(TOKEN)),
-            )
-            .await,
-        )
-        .await,
-    );
-    record(
-        "group_of_partitioned",
-        body(
-            call(
-                &st,
-                get(&format!("/api/streams/{parted}/groups/g"), Some(TOKEN)),
-            )
-            .await,
-        )
-        .await,
-    );
+    for (name, path, token) in [
+        ("dlq", format!("/api/streams/{plain}/dlq"), Some(TOKEN)),
+        (
+            "dlq_partitioned",
+            format!("/api/streams/{parted}/dlq"),
+            Some(TOKEN),
+        ),
+        ("healthz", "/healthz".to_owned(), None),
+        ("unauthorized", "/api/streams".to_owned(), None),
+        ("no_route", "/nope".to_owned(), None),
+        (
+            "bad_request",
+            format!("/api/streams/{plain}/dlq?count=0"),
+            Some(TOKEN),
+        ),
+        (
+            "no_group",
+            format!("/api/streams/{plain}/groups/nope"),
+            Some(TOKEN),
+        ),
+        (
+            "group_of_partitioned",
+            format!("/api/streams/{parted}/groups/g"),
+            Some(TOKEN),
+        ),
+    ] {
+        record(name, fetch(&st, &path, token).await);
+    }
 
     // Redis away: 503 with a reason, and /healthz says so.
     let mut redis = redis;
     redis.kill();
-    let down = eventually("healthz 503", Duration::from_secs(15), || async {
-        let r = body(call(&st, get("/healthz", None)).await).await;
+    let down = wait_for_some(Duration::from_secs(15), "healthz 503", || async {
+        let r = fetch(&st, "/healthz", None).await;
         (r.0 == 503).then_some(r)
     })
     .await;
     record("healthz_down", down);
     record(
         "unavailable",
-        body(
-            call(
-                &st,
-                get(&format!("/api/streams/{plain}/groups/g"), Some(TOKEN)),
-            )
-            .await,
-        )
-        .await,
+        fetch(&st, &format!("/api/streams/{plain}/groups/g"), Some(TOKEN)).await,
     );
     let got = serde_json::to_string_pretty(&got).unwrap() + "\n";
     if std::env::var_os("STREAMBUS_UPDATE_GOLDEN").is_some() {

@@ -6,42 +6,33 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{header, Request};
 use serde_json::Value;
-use streambus_server::{app, AppState, ServerConfig};
+use streambus_server::{AppState, ServerConfig};
+use streambus_testkit::wait::wait_for;
 use streambus_testkit::RedisServer;
-use tower::ServiceExt;
 
-use common::{config, eventually, producer, publish_n, state, stream, TOKEN};
+use common::http::{bytes, call, get};
+use common::{config, group_fixture, state, stream, TOKEN};
 
-async fn get(state: &AppState, path: &str) -> Value {
-    let req = Request::get(path)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-        .body(Body::empty())
-        .unwrap();
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+/// An authorized GET of `path`: its JSON body, or null (`/metrics` is text).
+async fn fetch(state: &AppState, path: &str) -> Value {
+    let body = bytes(call(state, get(path, Some(TOKEN))).await).await;
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
 }
 
-/// A stream with group `g`: 2 entries pending with `c1`, 3 undelivered.
-async fn fixture(redis: &RedisServer, s: &str) {
-    publish_n(&producer(redis).await, s, 5, 0).await;
-    redis.cli(&["XGROUP", "CREATE", s, "g", "0"]);
-    redis.cli(&[
-        "XREADGROUP",
-        "GROUP",
-        "g",
-        "c1",
-        "COUNT",
-        "2",
-        "STREAMS",
-        s,
-        ">",
-    ]);
+/// Asks `state` for `/metrics`, `/api/streams` and `scale` as fast as it
+/// answers, for `length` (the experiment's length, not a wait for anything);
+/// returns how many requests it made.
+async fn scrape(state: &AppState, scale: &str, length: Duration) -> usize {
+    let until = Instant::now() + length;
+    let mut requests = 0;
+    while Instant::now() < until {
+        for path in ["/metrics", "/api/streams", scale] {
+            fetch(state, path).await;
+            requests += 1;
+        }
+    }
+    requests
 }
 
 /// Two services on the same group for the same time: one scraped as fast as
@@ -51,21 +42,14 @@ async fn fixture(redis: &RedisServer, s: &str) {
 async fn advice_does_not_depend_on_the_request_rate() {
     let redis = RedisServer::start();
     let s = stream("scale-rate");
-    fixture(&redis, &s).await;
+    group_fixture(&redis, &s).await;
     let busy = state(&redis, config(&[&s])).await;
     let quiet = state(&redis, config(&[&s])).await;
     let scale = format!("/api/streams/{s}/groups/g/scale");
-    // The experiment's length: a few of the scaler's 1 s intervals.
-    let until = Instant::now() + Duration::from_millis(3500);
-    let mut requests = 0;
-    while Instant::now() < until {
-        for path in ["/metrics", "/api/streams", scale.as_str()] {
-            get(&busy, path).await;
-            requests += 1;
-        }
-    }
-    let busy_says = get(&busy, &scale).await;
-    let quiet_says = get(&quiet, &scale).await;
+    // A few of the scaler's 1 s intervals.
+    let requests = scrape(&busy, &scale, Duration::from_millis(3500)).await;
+    let busy_says = fetch(&busy, &scale).await;
+    let quiet_says = fetch(&quiet, &scale).await;
     assert!(requests > 50, "only {requests} requests");
     assert!(
         busy_says["target"].is_u64(),
@@ -92,7 +76,7 @@ async fn advice_does_not_depend_on_the_request_rate() {
 async fn requests_never_feed_the_advisor() {
     let redis = RedisServer::start();
     let s = stream("scale-never");
-    fixture(&redis, &s).await;
+    group_fixture(&redis, &s).await;
     let st = state(
         &redis,
         ServerConfig {
@@ -103,21 +87,14 @@ async fn requests_never_feed_the_advisor() {
     .await;
     let scale = format!("/api/streams/{s}/groups/g/scale");
     // The first sample is taken at startup.
-    eventually("the first sample", Duration::from_secs(10), || async {
-        (st.scale_samples(&s, "g") == 1).then_some(())
+    wait_for(Duration::from_secs(10), "the first sample", || async {
+        st.scale_samples(&s, "g") == 1
     })
     .await;
-    let until = Instant::now() + Duration::from_millis(1500);
-    let mut requests = 0;
-    while Instant::now() < until {
-        for path in ["/metrics", "/api/streams", scale.as_str()] {
-            get(&st, path).await;
-            requests += 1;
-        }
-    }
+    let requests = scrape(&st, &scale, Duration::from_millis(1500)).await;
     assert!(requests > 50, "only {requests} requests");
     assert_eq!(st.scale_samples(&s, "g"), 1, "after {requests} requests");
-    let v = get(&st, &scale).await;
+    let v = fetch(&st, &scale).await;
     assert!(v["target"].is_null(), "{v}");
     assert!(
         v["reasons"][0].as_str().unwrap().contains("two samples"),
