@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use streambus::admin::group;
@@ -13,13 +12,7 @@ use streambus::{
 };
 use streambus_testkit::{unique_prefix, RedisServer, ServerOptions};
 
-use common::pending_count;
-
-/// One server for this test binary; every test uses its own key prefix.
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
+use common::{numbered, pending_count, shared_server as server, xlen};
 
 async fn connect() -> (Client, Connection) {
     let client = Client::open(&server().url()).unwrap();
@@ -31,10 +24,6 @@ async fn producer(client: &Client) -> Producer {
     Producer::new(client, ProducerOptions::default())
         .await
         .unwrap()
-}
-
-async fn xlen(conn: &mut Connection, key: &str) -> u64 {
-    redis::cmd("XLEN").arg(key).query_async(conn).await.unwrap()
 }
 
 /// Raw XRANGE as another program would run it: `[(id, [(field, value)])]`.
@@ -49,12 +38,25 @@ async fn xrange(conn: &mut Connection, key: &str) -> Vec<(String, Vec<(String, S
     v
 }
 
-fn opts(batch_size: usize, max_wait: Duration) -> ConsumerOptions {
+/// A consumer named `name` that reads batches of `batch_size`, waiting
+/// `max_wait` at most for a batch to fill.
+fn opts(name: &str, batch_size: usize, max_wait: Duration) -> ConsumerOptions {
     ConsumerOptions {
+        consumer_name: Some(name.into()),
         batch_size,
         max_wait,
         ..Default::default()
     }
+}
+
+/// A consumer of `group` on `stream` (the group made if missing).
+async fn consumer(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    options: ConsumerOptions,
+) -> Consumer {
+    Consumer::new(client, stream, group, options).await.unwrap()
 }
 
 #[tokio::test]
@@ -110,17 +112,7 @@ async fn reference_and_raw_entries_are_delivered() {
         .await
         .unwrap();
 
-    let mut c = Consumer::new(
-        &client,
-        &s,
-        "g",
-        ConsumerOptions {
-            consumer_name: Some("c1".into()),
-            ..opts(10, Duration::from_millis(50))
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = consumer(&client, &s, "g", opts("c1", 10, Duration::from_millis(50))).await;
     let batch = c.next_batch().await.unwrap();
     assert_eq!(batch.len(), 2);
     let env = batch[0].envelope().unwrap().expect("an envelope");
@@ -170,7 +162,7 @@ async fn publish_batch_returns_ids_in_order() {
     let (client, mut conn) = connect().await;
     let s = format!("{}batch", unique_prefix("batch"));
     // 12 pipelines of 128, 8 at once: still appended in the order given.
-    let msgs = (0..1500).map(|i| Message::json(&i).unwrap());
+    let msgs = numbered(0..1500);
     let ids = producer(&client)
         .await
         .publish_batch(&s, msgs)
@@ -202,10 +194,7 @@ async fn retention_trims_in_the_xadd() {
     .await
     .unwrap();
     let s1 = format!("{prefix}exact");
-    exact
-        .publish_batch(&s1, (0..1000).map(|i| Message::json(&i).unwrap()))
-        .await
-        .unwrap();
+    exact.publish_batch(&s1, numbered(0..1000)).await.unwrap();
     assert_eq!(xlen(&mut conn, &s1).await, 100);
 
     let approx = Producer::new(
@@ -218,10 +207,7 @@ async fn retention_trims_in_the_xadd() {
     .await
     .unwrap();
     let s2 = format!("{prefix}approx");
-    approx
-        .publish_batch(&s2, (0..1000).map(|i| Message::json(&i).unwrap()))
-        .await
-        .unwrap();
+    approx.publish_batch(&s2, numbered(0..1000)).await.unwrap();
     let n = xlen(&mut conn, &s2).await;
     assert!((100..1000).contains(&n), "approximate trim kept {n}");
 
@@ -323,17 +309,7 @@ async fn group_setup_is_idempotent_and_honours_start() {
         ("only-new", vec![second]),
         ("after-first", vec![second]),
     ] {
-        let mut c = Consumer::new(
-            &client,
-            &s,
-            g,
-            ConsumerOptions {
-                consumer_name: Some("c".into()),
-                ..opts(10, Duration::from_millis(20))
-            },
-        )
-        .await
-        .unwrap();
+        let mut c = consumer(&client, &s, g, opts("c", 10, Duration::from_millis(20))).await;
         let got: Vec<EntryId> = c.next_batch().await.unwrap().iter().map(|e| e.id).collect();
         assert_eq!(got, expect, "group {g}");
     }
@@ -356,21 +332,9 @@ async fn next_batch_returns_when_full_or_after_max_wait() {
     let (client, _) = connect().await;
     let s = format!("{}batches", unique_prefix("batches"));
     let p = producer(&client).await;
-    p.publish_batch(&s, (0..25).map(|i| Message::json(&i).unwrap()))
-        .await
-        .unwrap();
+    p.publish_batch(&s, numbered(0..25)).await.unwrap();
     let max_wait = Duration::from_millis(300);
-    let mut c = Consumer::new(
-        &client,
-        &s,
-        "g",
-        ConsumerOptions {
-            consumer_name: Some("c".into()),
-            ..opts(10, max_wait)
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = consumer(&client, &s, "g", opts("c", 10, max_wait)).await;
     // Full batches come back without waiting for max_wait.
     let t = Instant::now();
     assert_eq!(c.next_batch().await.unwrap().len(), 10);
@@ -403,17 +367,7 @@ async fn blocking_reads_outlast_the_default_response_timeout() {
     // that must still end in an empty read, not a timeout error.
     let (client, _) = connect().await;
     let s = format!("{}slow", unique_prefix("block"));
-    let mut c = Consumer::new(
-        &client,
-        &s,
-        "g",
-        ConsumerOptions {
-            consumer_name: Some("c".into()),
-            ..opts(10, Duration::from_millis(1200))
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = consumer(&client, &s, "g", opts("c", 10, Duration::from_millis(1200))).await;
     let t = Instant::now();
     let got = c.read(10, Some(Duration::from_millis(1200))).await.unwrap();
     assert!(got.is_empty());
@@ -425,22 +379,15 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
     let (client, mut conn) = connect().await;
     let s = format!("{}resume", unique_prefix("resume"));
     let p = producer(&client).await;
-    let ids = p
-        .publish_batch(&s, (0..8).map(|i| Message::json(&i).unwrap()))
-        .await
-        .unwrap();
+    let ids = p.publish_batch(&s, numbered(0..8)).await.unwrap();
     {
-        let mut c = Consumer::new(
+        let mut c = consumer(
             &client,
             &s,
             "g",
-            ConsumerOptions {
-                consumer_name: Some("worker-1".into()),
-                ..opts(5, Duration::from_millis(20))
-            },
+            opts("worker-1", 5, Duration::from_millis(20)),
         )
-        .await
-        .unwrap();
+        .await;
         let got = c.next_batch().await.unwrap();
         assert_eq!(got.len(), 5);
         // Dies here: nothing acknowledged.
@@ -449,17 +396,13 @@ async fn a_restarted_consumer_resumes_its_own_pending_entries() {
         .publish(&s, Message::json(&"after").unwrap())
         .await
         .unwrap();
-    let mut c = Consumer::new(
+    let mut c = consumer(
         &client,
         &s,
         "g",
-        ConsumerOptions {
-            consumer_name: Some("worker-1".into()),
-            ..opts(3, Duration::from_millis(20))
-        },
+        opts("worker-1", 3, Duration::from_millis(20)),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(c.is_recovering());
     let mut seen = Vec::new();
     loop {
@@ -485,20 +428,10 @@ async fn ack_and_delete_removes_entries() {
     let s = format!("{}ackdel", unique_prefix("ackdel"));
     producer(&client)
         .await
-        .publish_batch(&s, (0..4).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(&s, numbered(0..4))
         .await
         .unwrap();
-    let mut c = Consumer::new(
-        &client,
-        &s,
-        "g",
-        ConsumerOptions {
-            consumer_name: Some("c".into()),
-            ..opts(4, Duration::from_millis(20))
-        },
-    )
-    .await
-    .unwrap();
+    let mut c = consumer(&client, &s, "g", opts("c", 4, Duration::from_millis(20))).await;
     let batch = c.next_batch().await.unwrap();
     let ids: Vec<EntryId> = batch.iter().map(|e| e.id).collect();
     assert_eq!(c.ack_and_delete(&ids[..2]).await.unwrap(), 2);
@@ -599,7 +532,7 @@ async fn plain_reads_do_not_touch_groups() {
     let s = format!("{}plain", unique_prefix("read"));
     let ids = producer(&client)
         .await
-        .publish_batch(&s, (0..10).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(&s, numbered(0..10))
         .await
         .unwrap();
     let mut c = conn.clone();

@@ -5,67 +5,21 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streambus::admin::dead_letter;
-use streambus::{
-    Backoff, CancellationToken, Client, Delivery, Handler, Message, Outcome, Worker, WorkerOptions,
-    WorkerReport,
-};
+use streambus::{Delivery, Message, Outcome, WorkerOptions};
 use streambus_testkit::{unique_prefix, Appendfsync, RedisServer, ServerOptions};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use common::{connect, eventually, pending_count, read_as};
-
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-/// Fast settings, so retries and reclaims happen in milliseconds.
-fn fast() -> WorkerOptions {
-    WorkerOptions {
-        concurrency: 8,
-        block: Duration::from_millis(100),
-        visibility_timeout: Duration::from_millis(200),
-        reclaim_interval: Duration::from_millis(10),
-        retry_backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(40)),
-        reconnect_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
-        shutdown_grace: Duration::from_secs(5),
-        ..Default::default()
-    }
-}
-
-fn start<H: Handler>(
-    url: &str,
-    stream: &str,
-    name: &str,
-    options: WorkerOptions,
-    handler: H,
-) -> (
-    JoinHandle<streambus::Result<WorkerReport>>,
-    CancellationToken,
-) {
-    let token = CancellationToken::new();
-    let worker = Worker::new(
-        &Client::open(url).unwrap(),
-        stream,
-        "g",
-        WorkerOptions {
-            consumer_name: Some(name.into()),
-            ..options
-        },
-    );
-    let t = token.clone();
-    (tokio::spawn(worker.run(handler, t)), token)
-}
+use common::worker::{fast, start};
+use common::{client, connect, eventually, pending_count, read_as, shared_server as server};
 
 async fn publish_n(url: &str, stream: &str, n: usize) -> Vec<streambus::EntryId> {
     common::producer(url)
         .await
-        .publish_batch(stream, (0..n).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(stream, common::numbered(0..n))
         .await
         .unwrap()
 }
@@ -78,7 +32,7 @@ async fn handles_and_acknowledges_everything() {
     publish_n(&url, &s, 1000).await;
     let seen = Arc::new(AtomicU64::new(0));
     let counter = seen.clone();
-    let (task, stop) = start(&url, &s, "w1", fast(), move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", fast(), move |d: Delivery| {
         let counter = counter.clone();
         async move {
             let _: i64 = d.decode().unwrap();
@@ -110,7 +64,7 @@ async fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
         max_deliveries: 3,
         ..fast()
     };
-    let (task, stop) = start(&url, &s, "w1", options, move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |d: Delivery| {
         let (a, o) = (a.clone(), o.clone());
         async move {
             if d.entry.id == poison {
@@ -188,7 +142,7 @@ async fn undecodable_entries_are_dead_lettered_at_once() {
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let k = calls.clone();
-    let (task, stop) = start(&url, &s, "w1", fast(), move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", fast(), move |d: Delivery| {
         k.fetch_add(1, Ordering::SeqCst);
         async move { d.decode::<serde_json::Value>().map(|_| ()) }
     });
@@ -217,7 +171,7 @@ async fn a_panicking_handler_does_not_kill_the_worker() {
     let victim = ids[3];
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
-    let (task, stop) = start(&url, &s, "w1", fast(), move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", fast(), move |d: Delivery| {
         let done = d2.clone();
         async move {
             if d.entry.id == victim && d.deliveries == 1 {
@@ -250,7 +204,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_acks_them() {
         concurrency: 4,
         ..fast()
     };
-    let (task, stop) = start(&url, &s, "w1", options, move |_d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |_d: Delivery| {
         let (st, fi) = (st.clone(), fi.clone());
         async move {
             st.fetch_add(1, Ordering::SeqCst);
@@ -307,7 +261,7 @@ async fn shutdown_in_a_backlog_leaves_nothing_pending() {
     let h = handled.clone();
     // Default settings: concurrency 256, reads of 128, so reads go ahead.
     let (task, stop) = start(
-        &url,
+        &client(&url),
         &s,
         "w1",
         WorkerOptions::default(),
@@ -350,7 +304,7 @@ async fn entries_of_a_dead_consumer_are_reclaimed() {
     read_as(&mut c, &s, "g", "dead", 30, ">").await;
     let seen = Arc::new(Mutex::new(HashMap::<streambus::EntryId, u32>::new()));
     let s2 = seen.clone();
-    let (task, stop) = start(&url, &s, "alive", fast(), move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "alive", fast(), move |d: Delivery| {
         s2.lock().unwrap().insert(d.entry.id, d.deliveries);
         async {}
     });
@@ -385,7 +339,7 @@ async fn a_restarted_worker_takes_back_its_own_entries_at_once() {
         visibility_timeout: Duration::from_secs(3600),
         ..fast()
     };
-    let (task, stop) = start(&url, &s, "w1", options, move |_d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |_d: Delivery| {
         d2.fetch_add(1, Ordering::SeqCst);
         async {}
     });
@@ -406,7 +360,7 @@ async fn a_deleted_group_is_recreated() {
     publish_n(&url, &s, 3).await;
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
-    let (task, stop) = start(&url, &s, "w1", fast(), move |_d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", fast(), move |_d: Delivery| {
         d2.fetch_add(1, Ordering::SeqCst);
         async {}
     });
@@ -441,7 +395,7 @@ async fn losing_redis_for_a_while_loses_nothing() {
     publish_n(&url, s, 200).await;
     let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let s2 = seen.clone();
-    let (task, stop) = start(&url, s, "w1", fast(), move |d: Delivery| {
+    let (task, stop) = start(&client(&url), s, "w1", fast(), move |d: Delivery| {
         let seen = s2.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -494,7 +448,7 @@ async fn entries_with_the_same_key_are_handled_in_order() {
         ordered_by_key: true,
         ..fast()
     };
-    let (task, stop) = start(&url, &s, "w1", options, move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |d: Delivery| {
         let (order, running) = (o2.clone(), r2.clone());
         async move {
             let key = d.entry.fields.get_str("key").unwrap().to_owned();
@@ -545,23 +499,11 @@ async fn the_idempotency_guard_skips_duplicates() {
         concurrency: 1,
         ..fast()
     };
-    let (task, stop) = start(&url, &s, "w1", options, move |_d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |_d: Delivery| {
         k.fetch_add(1, Ordering::SeqCst);
         async {}
     });
-    eventually(10, "all settled", || {
-        let mut c = c.clone();
-        let s = s.clone();
-        async move {
-            let groups = streambus::admin::group::list_groups(&mut c, &s)
-                .await
-                .unwrap_or_default();
-            groups
-                .first()
-                .is_some_and(|g| g.lag == Some(0) && g.pending == 0)
-        }
-    })
-    .await;
+    eventually(10, "all settled", || common::settled(&c, &s)).await;
     stop.cancel();
     let report = task.await.unwrap().unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);

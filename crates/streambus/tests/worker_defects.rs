@@ -8,70 +8,39 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use streambus::admin::dead_letter;
 use streambus::{
-    keys, Backoff, CancellationToken, Client, Delivery, Handler, Message, Outcome, Producer,
-    ProducerOptions, Worker, WorkerOptions, WorkerReport,
+    keys, Backoff, CancellationToken, Client, Delivery, Message, Outcome, Producer,
+    ProducerOptions, Worker, WorkerOptions,
 };
-use streambus_testkit::{unique_prefix, RedisCluster, RedisServer};
-use tokio::task::JoinHandle;
+use streambus_testkit::{unique_prefix, RedisCluster};
 
-use common::{connect, eventually, pending_count, read_as};
+use common::worker::start;
+use common::{
+    client, connect, eventually, pending_count, read_as, settled, shared_server as server,
+};
 
-fn server() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-/// Fast settings, so retries and reclaims happen in milliseconds.
+/// The common fast settings, at concurrency 16 (the defects show above 1)
+/// and with a visibility timeout of 500 ms.
 fn fast() -> WorkerOptions {
     WorkerOptions {
         concurrency: 16,
-        block: Duration::from_millis(100),
         visibility_timeout: Duration::from_millis(500),
-        reclaim_interval: Duration::from_millis(10),
-        retry_backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(40)),
-        reconnect_backoff: Backoff::new(Duration::from_millis(20), Duration::from_millis(200)),
-        shutdown_grace: Duration::from_secs(5),
-        ..Default::default()
+        ..common::worker::fast()
     }
 }
 
-fn start<H: Handler>(
-    client: Client,
-    stream: &str,
-    name: &str,
-    options: WorkerOptions,
-    handler: H,
-) -> (
-    JoinHandle<streambus::Result<WorkerReport>>,
-    CancellationToken,
-) {
-    let token = CancellationToken::new();
-    let worker = Worker::new(
-        &client,
-        stream,
-        "g",
-        WorkerOptions {
-            consumer_name: Some(name.into()),
-            ..options
-        },
-    );
-    (tokio::spawn(worker.run(handler, token.clone())), token)
-}
-
-/// Whether the group has read everything and has nothing pending.
-async fn settled(c: &streambus::Connection, s: &str) -> bool {
-    let mut c = c.clone();
-    let groups = streambus::admin::group::list_groups(&mut c, s)
-        .await
-        .unwrap_or_default();
-    groups
-        .first()
-        .is_some_and(|g| g.lag == Some(0) && g.pending == 0)
+/// The idempotency guard on, and a visibility timeout long enough that no
+/// entry is reclaimed while its copy runs.
+fn guarded() -> WorkerOptions {
+    WorkerOptions {
+        idempotency_ttl: Some(Duration::from_secs(60)),
+        visibility_timeout: Duration::from_secs(5),
+        ..fast()
+    }
 }
 
 /// The probe of defect 1: 400 entries, 1 in 40 panics *before* its handler
@@ -96,8 +65,7 @@ async fn synchronous_panics(ordered_by_key: bool) {
         ordered_by_key,
         ..fast()
     };
-    let client = Client::open(&url).unwrap();
-    let (task, stop) = start(client, &s, "w1", options, move |d: Delivery| {
+    let (task, stop) = start(&client(&url), &s, "w1", options, move |d: Delivery| {
         let v: u64 = d.decode().unwrap();
         if v % 40 == 7 && d.deliveries == 1 {
             panic!("synchronous panic on {v}");
@@ -177,13 +145,7 @@ async fn the_idempotency_guard_holds_at_concurrency_16() {
         .await
         .unwrap();
     let runs = Arc::new(Mutex::new(HashMap::new()));
-    let options = WorkerOptions {
-        idempotency_ttl: Some(Duration::from_secs(60)),
-        visibility_timeout: Duration::from_secs(5),
-        ..fast()
-    };
-    let client = Client::open(&url).unwrap();
-    let (task, stop) = start(client, &s, "w1", options, counting(&runs));
+    let (task, stop) = start(&client(&url), &s, "w1", guarded(), counting(&runs));
     eventually(30, "all settled", || settled(&c, &s)).await;
     stop.cancel();
     let report = task.await.unwrap().unwrap();
@@ -201,7 +163,7 @@ async fn the_idempotency_guard_holds_across_two_workers() {
     let mut c = connect(&url).await;
     let s = format!("{}idem2", unique_prefix("defects"));
     let producer = common::producer(&url).await;
-    let msgs: Vec<Message> = (0..300).map(|i| Message::json(&i).unwrap()).collect();
+    let msgs: Vec<Message> = common::numbered(0..300).collect();
     streambus::admin::group::create_group(&mut c, &s, "g", streambus::StartId::Beginning)
         .await
         .unwrap_or_default();
@@ -210,14 +172,9 @@ async fn the_idempotency_guard_holds_across_two_workers() {
     producer.publish_batch(&s, msgs).await.unwrap();
     assert_eq!(read_as(&mut c, &s, "g", "b", 300, ">").await.len(), 300);
     let runs = Arc::new(Mutex::new(HashMap::new()));
-    let options = WorkerOptions {
-        idempotency_ttl: Some(Duration::from_secs(60)),
-        visibility_timeout: Duration::from_secs(5),
-        ..fast()
-    };
-    let client = Client::open(&url).unwrap();
-    let (ta, sa) = start(client.clone(), &s, "a", options.clone(), counting(&runs));
-    let (tb, sb) = start(client, &s, "b", options, counting(&runs));
+    let client = client(&url);
+    let (ta, sa) = start(&client, &s, "a", guarded(), counting(&runs));
+    let (tb, sb) = start(&client, &s, "b", guarded(), counting(&runs));
     eventually(30, "all settled", || settled(&c, &s)).await;
     sa.cancel();
     sb.cancel();
@@ -277,7 +234,7 @@ async fn a_waiting_dead_letter_move_does_not_stop_reading() {
         reconnect_backoff: Backoff::new(Duration::from_millis(500), Duration::from_millis(500)),
         ..fast()
     };
-    let (task, stop) = start(client.clone(), s, "alive", options, move |_d: Delivery| {
+    let (task, stop) = start(&client, s, "alive", options, move |_d: Delivery| {
         h.fetch_add(1, Ordering::SeqCst);
         async {}
     });
@@ -291,7 +248,7 @@ async fn a_waiting_dead_letter_move_does_not_stop_reading() {
     })
     .await;
     producer
-        .publish_batch(s, (0..20).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(s, common::numbered(0..20))
         .await
         .unwrap();
     eventually(5, "new entries handled while the move waits", || async {
@@ -329,7 +286,7 @@ async fn dropping_the_run_future_stops_its_tasks() {
     let s = format!("{}dropped", unique_prefix("defects"));
     let producer = common::producer(&url).await;
     producer
-        .publish_batch(&s, (0..4).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(&s, common::numbered(0..4))
         .await
         .unwrap();
     let started = Arc::new(AtomicU64::new(0));
@@ -348,7 +305,7 @@ async fn dropping_the_run_future_stops_its_tasks() {
         ..fast()
     };
     let worker = Worker::new(
-        &Client::open(&url).unwrap(),
+        &client(&url),
         &s,
         "g",
         WorkerOptions {
@@ -382,25 +339,19 @@ async fn dropping_the_run_future_stops_its_tasks() {
     })
     .await;
     producer
-        .publish_batch(&s, (4..8).map(|i| Message::json(&i).unwrap()))
+        .publish_batch(&s, common::numbered(4..8))
         .await
         .unwrap();
     // A second worker of the group takes the new entries; a read loop of the
     // dropped run, had it survived, would have taken some of them.
     let second = Arc::new(AtomicU64::new(0));
     let seen = second.clone();
-    let (task, stop) = start(
-        Client::open(&url).unwrap(),
-        &s,
-        "w2",
-        fast(),
-        move |_d: Delivery| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-            }
-        },
-    );
+    let (task, stop) = start(&client(&url), &s, "w2", fast(), move |_d: Delivery| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     eventually(
         10,
         "the second worker handled the 4 new entries",

@@ -1,11 +1,42 @@
 //! Shared by the library's integration tests: connect, read through a group
-//! as a given consumer, and count what a group has pending.
+//! as a given consumer, count what a group has pending, wait for a condition.
+//!
+//! # Layout
+//!
+//! - this module: connections, one server per test binary, raw stream and
+//!   group commands, waiting with a deadline;
+//! - [`worker`]: starting a worker under a consumer name, with fast settings;
+//! - [`group`]: building a group's state by hand (the monitor's tests);
+//! - [`proxied`]: a Redis behind the testkit's `FaultProxy`, and the
+//!   connection settings of the fault tests;
+//! - [`fault_run`]: a worker and a steady publisher through a fault, and the
+//!   figures of its recovery.
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod fault_run;
+pub mod group;
+pub mod proxied;
+pub mod worker;
+
+use std::sync::OnceLock;
+
 use redis::streams::StreamReadReply;
 use redis::Value;
-use streambus::{Client, Connection, Producer, ProducerOptions};
+use streambus::{Client, Connection, Message, Producer, ProducerOptions};
+use streambus_testkit::RedisServer;
+
+/// One server for the test binary, started on first use; every test uses its
+/// own key prefix. (Each binary compiles this module, so each has its own.)
+pub fn shared_server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+/// A client of `url` with the default connection settings.
+pub fn client(url: &str) -> Client {
+    Client::open(url).unwrap()
+}
 
 /// A multiplexed connection to `url`.
 pub async fn connect(url: &str) -> Connection {
@@ -16,6 +47,22 @@ pub async fn connect(url: &str) -> Connection {
 pub async fn producer(url: &str) -> Producer {
     let client = Client::open(url).unwrap();
     Producer::new(&client, ProducerOptions::default())
+        .await
+        .unwrap()
+}
+
+/// The JSON messages `0`, `1`, … for each number of `numbers`.
+pub fn numbered<T: serde::Serialize>(
+    numbers: impl IntoIterator<Item = T>,
+) -> impl Iterator<Item = Message> {
+    numbers.into_iter().map(|n| Message::json(&n).unwrap())
+}
+
+/// The length of `stream`.
+pub async fn xlen(conn: &mut impl redis::aio::ConnectionLike, stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
         .await
         .unwrap()
 }
@@ -87,4 +134,31 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     streambus_testkit::wait::wait_for(std::time::Duration::from_secs(secs), what, cond).await
+}
+
+/// Waits (5 s at most) until `stream` has a consumer group: a worker makes its
+/// group as it starts, and the tests publish only once it is there.
+pub async fn wait_for_group(conn: &Connection, stream: &str) {
+    eventually(5, "the worker's group", || {
+        let mut conn = conn.clone();
+        async move {
+            !streambus::admin::group::list_groups(&mut conn, stream)
+                .await
+                .unwrap_or_default()
+                .is_empty()
+        }
+    })
+    .await
+}
+
+/// Whether the first group of `stream` has read everything and has nothing
+/// pending.
+pub async fn settled(conn: &Connection, stream: &str) -> bool {
+    let mut conn = conn.clone();
+    let groups = streambus::admin::group::list_groups(&mut conn, stream)
+        .await
+        .unwrap_or_default();
+    groups
+        .first()
+        .is_some_and(|g| g.lag == Some(0) && g.pending == 0)
 }
