@@ -7,14 +7,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{find_after, http_get, ok, pending, run, run_with, sb_url, text, wait, xlen};
-use streambus_testkit::{AclUser, FaultProxy, RedisServer, ServerOptions};
+use common::data::{pending, publish_n, xlen};
+use common::faults::Proxied;
+use common::lines::lines_of;
+use common::{http_get, ok, run, run_with, sb_url, sigterm, text, wait, wait_until};
+use streambus_testkit::{AclUser, RedisServer, ServerOptions};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "pw-for-cli-tests";
@@ -57,14 +60,6 @@ fn server() -> RedisServer {
 
 fn url(server: &RedisServer, role: &str) -> String {
     server.url_for_user(role, PASSWORD)
-}
-
-/// Publishes `n` envelopes `{"n":i}` as the default user.
-fn seed(server: &RedisServer, stream: &str, n: usize) {
-    let args: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
-    let mut cmd = sb_url(&server.url(), &["publish", stream]);
-    cmd.args(&args);
-    ok(&run(cmd, DEADLINE));
 }
 
 #[test]
@@ -146,18 +141,8 @@ fn producer_publishes_arguments_and_stdin_with_exactly_its_rules() {
 /// there twice), and says so.
 #[test]
 fn producer_without_read_rules_stops_at_an_unconfirmed_chunk_and_says_so() {
-    let server = server();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let proxy = rt
-        .block_on(FaultProxy::start(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            server.port(),
-        ))))
-        .unwrap();
+    let proxied = Proxied::new(server());
+    let (server, proxy) = (&proxied.redis, &proxied.proxy);
     let through_proxy = format!("redis://producer:{PASSWORD}@{}", proxy.addr());
     let publish = || {
         let mut cmd = sb_url(
@@ -215,7 +200,7 @@ fn producer_without_read_rules_stops_at_an_unconfirmed_chunk_and_says_so() {
     let entries = server.cli(&["XRANGE", STREAM, "-", "+"]);
     assert!(entries.contains(&first), "{entries}");
     // Line 2 is in the stream at most once.
-    assert!(xlen(&server, STREAM) <= 2, "{entries}");
+    assert!(xlen(server, STREAM) <= 2, "{entries}");
 
     // The same when the very first chunk gets no reply: where the stream
     // ended could not be read at start (no XREVRANGE), which it says with -v.
@@ -241,7 +226,7 @@ fn producer_without_read_rules_stops_at_an_unconfirmed_chunk_and_says_so() {
 #[test]
 fn worker_consumes_and_runs_a_command_with_exactly_its_rules() {
     let server = server();
-    seed(&server, STREAM, 4);
+    publish_n(&server, STREAM, 0..4);
     let worker = url(&server, "worker");
     let o = run(
         sb_url(&worker, &["consume", STREAM, "-g", "printer", "-n", "4"]),
@@ -289,7 +274,7 @@ fn worker_consumes_and_runs_a_command_with_exactly_its_rules() {
 #[test]
 fn monitor_role_monitors_and_cleans_up_with_exactly_its_rules() {
     let server = server();
-    seed(&server, STREAM, 2);
+    publish_n(&server, STREAM, 0..2);
     ok(&run(
         sb_url(
             &server.url(),
@@ -329,7 +314,7 @@ fn monitor_role_monitors_and_cleans_up_with_exactly_its_rules() {
 #[test]
 fn serve_role_serves_the_api_the_relay_and_metrics_with_exactly_its_rules() {
     let server = server();
-    seed(&server, STREAM, 1);
+    publish_n(&server, STREAM, 0..1);
     ok(&run(
         sb_url(
             &server.url(),
@@ -373,51 +358,20 @@ fn serve_role_serves_the_api_the_relay_and_metrics_with_exactly_its_rules() {
     stop(child);
 }
 
-/// Lines of `out`, as they come.
-fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Starts `serve` on a free loopback port; returns it with its address.
+/// Starts `serve` on a free loopback port; returns it, once healthy, with
+/// its address.
 fn serve(url: &str, extra: &[&str]) -> (Child, SocketAddr) {
     let mut cmd = sb_url(url, &["serve", "--listen", "127.0.0.1:0"]);
     cmd.args(extra);
-    let mut child = cmd.spawn().unwrap();
-    let lines = lines_of(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    loop {
-        let Ok(line) = lines.recv_timeout(DEADLINE) else {
-            child.kill().ok();
-            child.wait().ok();
-            panic!("no dashboard line; stderr: {seen:?}");
-        };
-        if let Some(addr) = find_after(&line, "dashboard: http://", '/') {
-            let addr = addr.parse().unwrap();
-            // Keep draining stderr so that serve never blocks on it.
-            std::thread::spawn(move || for _ in lines {});
-            common::wait_until(DEADLINE, "/healthz", || {
-                matches!(http_get(addr, "/healthz", None), Ok((200, _)))
-            });
-            return (child, addr);
-        }
-        seen.push(line);
-    }
+    let (child, _, addr) = common::serve::start(cmd);
+    wait_until(DEADLINE, "/healthz", || {
+        matches!(http_get(addr, "/healthz", None), Ok((200, _)))
+    });
+    (child, addr)
 }
 
 fn stop(child: Child) {
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    sigterm(&child);
     let out = wait(child, DEADLINE);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -33,6 +33,23 @@ fn network_cut(stdout: &str) -> (Duration, Duration) {
     (length, after)
 }
 
+/// `streambus [--redis URL] demo ARGS... --no-serve` in a fresh directory (so
+/// that no ./streambus.toml is read); it must exit 0: (stdout, stderr).
+/// Without a URL, nothing listens where the demo looks for a Redis first.
+fn demo(redis: Option<&str>, args: &[&str]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = sb(dir.path(), &[]);
+    match redis {
+        Some(url) => cmd.args(["--redis", url]),
+        None => cmd.env("STREAMBUS_PROBE_ADDR", format!("127.0.0.1:{}", free_port())),
+    };
+    cmd.arg("demo").args(args).arg("--no-serve");
+    let out = run(cmd, DEADLINE);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// `0.5s`, `3.2s` or `450ms`.
 fn seconds(s: &str) -> Option<Duration> {
     match s.strip_suffix("ms") {
@@ -48,26 +65,7 @@ fn seconds(s: &str) -> Option<Duration> {
 #[test]
 fn loses_nothing_and_dead_letters_exactly_the_malformed_alerts() {
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(
-        sb(
-            dir.path(),
-            &[
-                "--redis",
-                &server.url(),
-                "demo",
-                "--duration",
-                "3s",
-                "--rate",
-                "300",
-                "--no-serve",
-            ],
-        ),
-        DEADLINE,
-    );
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo(Some(&server.url()), &["--duration", "3s", "--rate", "300"]);
     assert!(stdout.lines().any(|l| l == "lost: 0"), "{stdout}");
     let malformed: u64 = find_after(&stdout, "malformed:", 's')
         .unwrap()
@@ -122,13 +120,7 @@ fn loses_nothing_and_dead_letters_exactly_the_malformed_alerts() {
 
 #[test]
 fn without_a_redis_runs_on_a_private_one_and_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = sb(dir.path(), &["demo", "--duration", "2s", "--no-serve"]);
-    cmd.env("STREAMBUS_PROBE_ADDR", format!("127.0.0.1:{}", free_port()));
-    let out = run(cmd, DEADLINE);
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo(None, &["--duration", "2s"]);
     assert!(stdout.lines().any(|l| l == "lost: 0"), "{stdout}");
     // The private server's URL is a plain one: the network is cut there too.
     let (_, resumed_after) = network_cut(&stdout);
@@ -146,25 +138,7 @@ fn without_a_redis_runs_on_a_private_one_and_leaves_nothing_behind() {
 #[test]
 fn json_prints_the_summary_as_one_object() {
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(
-        sb(
-            dir.path(),
-            &[
-                "--redis",
-                &server.url(),
-                "demo",
-                "--duration",
-                "2s",
-                "--no-serve",
-                "--json",
-            ],
-        ),
-        DEADLINE,
-    );
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo(Some(&server.url()), &["--duration", "2s", "--json"]);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["lost"], 0, "{v}");
@@ -199,24 +173,7 @@ fn without_a_route_for_the_workers_skips_the_cut_and_says_why() {
         password: Some("s3cret".to_owned()),
         ..Default::default()
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(
-        sb(
-            dir.path(),
-            &[
-                "--redis",
-                &server.url(),
-                "demo",
-                "--duration",
-                "2s",
-                "--no-serve",
-            ],
-        ),
-        DEADLINE,
-    );
-    let stdout = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (stdout, stderr) = demo(Some(&server.url()), &["--duration", "2s"]);
     assert!(stdout.lines().any(|l| l == "lost: 0"), "{stdout}");
     assert!(
         stderr.contains("network cut skipped: the Redis URL has a password"),

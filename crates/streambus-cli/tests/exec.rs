@@ -6,33 +6,23 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use streambus_testkit::RedisServer;
 
-use common::{ok, pending, run, sb_redis, text, wait, wait_until, xlen};
+use common::data::{pending, pending_entries, publish_n, xlen};
+use common::{ok, run, sb_redis, sigterm, text, wait, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Publishes `{"n": i}` for i in 0..n; returns the entry ids.
-fn publish_n(server: &RedisServer, stream: &str, n: u32) -> Vec<String> {
-    let json: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
-    let mut args = vec!["publish", stream];
-    args.extend(json.iter().map(String::as_str));
-    ok(&run(sb_redis(server, &args), DEADLINE))
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The ids pending in a group.
 fn pending_ids(server: &RedisServer, stream: &str, group: &str) -> Vec<String> {
-    let out = server.cli(&["XPENDING", stream, group, "-", "+", "1000"]);
-    let lines: Vec<&str> = out.lines().collect();
-    // Four lines per entry: id, consumer, idle, deliveries.
-    lines.chunks(4).map(|c| c[0].to_owned()).collect()
+    pending_entries(server, stream, group, None)
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
 }
 
 /// Entries of the stream not yet delivered to the group (XINFO GROUPS lag).
@@ -75,15 +65,40 @@ fn q(path: &Path) -> String {
     format!("'{}'", path.display())
 }
 
+/// `streambus consume S --group g --exec CMD EXTRA...`.
+fn exec_command(server: &RedisServer, stream: &str, cmd: &str, extra: &[&str]) -> Command {
+    let mut command = sb_redis(server, &["consume", stream, "--group", "g", "--exec", cmd]);
+    command.args(extra);
+    command
+}
+
 /// `consume S --group g --exec CMD EXTRA...`, run to completion, must succeed;
 /// returns stderr (where the summary goes).
 #[track_caller]
 fn exec(server: &RedisServer, stream: &str, cmd: &str, extra: &[&str]) -> String {
-    let mut args = vec!["consume", stream, "--group", "g", "--exec", cmd];
-    args.extend_from_slice(extra);
-    let out = run(sb_redis(server, &args), DEADLINE);
+    let out = run(exec_command(server, stream, cmd, extra), DEADLINE);
     ok(&out);
     text(&out.stderr)
+}
+
+/// `consume s --group g --exec CMD EXTRA...` left running, its stderr going
+/// to `dir/stderr` (a file: nothing has to read it while it runs).
+fn spawn_exec(server: &RedisServer, dir: &Path, cmd: &str, extra: &[&str]) -> Child {
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    exec_command(server, "s", cmd, extra)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM to a [`spawn_exec`] child; once it has exited, its status and
+/// stderr.
+fn terminate(child: Child, dir: &Path) -> (ExitStatus, String) {
+    sigterm(&child);
+    let out = wait(child, DEADLINE);
+    let err = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    (out.status, err)
 }
 
 #[test]
@@ -91,7 +106,7 @@ fn exec_runs_the_command_per_entry_and_acks() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out");
-    let ids = publish_n(&server, "s", 20);
+    let ids = publish_n(&server, "s", 0..20);
 
     let err = exec(
         &server,
@@ -126,7 +141,7 @@ fn exec_sets_the_environment() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("env");
-    let ids = publish_n(&server, "s", 3);
+    let ids = publish_n(&server, "s", 0..3);
 
     let cmd = format!(
         "echo \"$STREAMBUS_ENTRY_ID $STREAMBUS_DELIVERIES $STREAMBUS_STREAM $STREAMBUS_GROUP $STREAMBUS_CONSUMER\" >> {}",
@@ -143,7 +158,7 @@ fn exec_sets_the_environment() {
 #[test]
 fn exit_65_dead_letters_at_once() {
     let server = RedisServer::start();
-    let ids = publish_n(&server, "s", 1);
+    let ids = publish_n(&server, "s", 0..1);
 
     let err = exec(
         &server,
@@ -177,7 +192,7 @@ fn a_failing_command_is_retried_until_it_succeeds() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let attempts = dir.path().join("attempts");
-    publish_n(&server, "s", 1);
+    publish_n(&server, "s", 0..1);
 
     let counter = dir.path().display().to_string();
     let cmd = format!(
@@ -208,7 +223,7 @@ fn an_always_failing_command_is_dead_lettered_after_max_deliveries() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let attempts = dir.path().join("attempts");
-    publish_n(&server, "s", 1);
+    publish_n(&server, "s", 0..1);
 
     let cmd = format!(
         "echo $STREAMBUS_DELIVERIES >> {}; echo boom >&2; exit 1",
@@ -242,35 +257,19 @@ fn sigterm_finishes_running_commands_and_loses_nothing() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out");
-    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    publish_n(&server, "s", 8);
+    publish_n(&server, "s", 0..8);
 
     let cmd = format!("sleep 0.3; cat >> {}", q(&file));
-    let mut command = sb_redis(
+    let child = spawn_exec(
         &server,
-        &[
-            "consume",
-            "s",
-            "--group",
-            "g",
-            "--exec",
-            &cmd,
-            "--concurrency",
-            "4",
-            "--grace",
-            "5s",
-        ],
+        dir.path(),
+        &cmd,
+        &["--concurrency", "4", "--grace", "5s"],
     );
-    command.stdout(Stdio::null()).stderr(stderr);
-    let child = command.spawn().unwrap();
 
     wait_until(DEADLINE, "a command to finish", || !lines(&file).is_empty());
-    // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    let out = wait(child, DEADLINE);
-    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
-    assert!(out.status.success(), "{:?}: {err}", out.status);
+    let (status, err) = terminate(child, dir.path());
+    assert!(status.success(), "{status:?}: {err}");
     assert!(err.contains("consumed: delivered"), "{err}");
 
     let done: Vec<String> = lines(&file)
@@ -295,7 +294,7 @@ fn sigterm_finishes_running_commands_and_loses_nothing() {
 #[test]
 fn dlq_replay_and_purge() {
     let server = RedisServer::start();
-    publish_n(&server, "s", 3);
+    publish_n(&server, "s", 0..3);
     exec(&server, "s", "exit 65", &["--count", "3"]);
     let dl = dead_letters(&server, "s");
     assert_eq!(dl.len(), 3);
@@ -364,56 +363,34 @@ fn when_the_grace_runs_out_the_command_and_its_children_are_killed() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
-    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    publish_n(&server, "s", 1);
+    publish_n(&server, "s", 0..1);
 
     // The shell waits for a child of its own: killing the shell alone would leave it.
     let cmd = format!("sleep 30 & echo $! > {}; wait", q(&pid_file));
-    let mut command = sb_redis(
-        &server,
-        &[
-            "consume", "s", "--group", "g", "--exec", &cmd, "--grace", "50ms",
-        ],
-    );
-    command.stdout(Stdio::null()).stderr(stderr);
-    let child = command.spawn().unwrap();
-    let start = Instant::now();
-    let sleep_pid: i32 = loop {
-        if let Some(pid) = lines(&pid_file).first().and_then(|l| l.parse().ok()) {
-            break pid;
-        }
-        assert!(start.elapsed() < DEADLINE, "the command did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let out = wait(child, DEADLINE);
-    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
-    assert!(out.status.success(), "{:?}: {err}", out.status);
+    let child = spawn_exec(&server, dir.path(), &cmd, &["--grace", "50ms"]);
+    let mut sleep_pid: Option<i32> = None;
+    wait_until(DEADLINE, "the command to start", || {
+        sleep_pid = lines(&pid_file).first().and_then(|l| l.parse().ok());
+        sleep_pid.is_some()
+    });
+    let sleep_pid = sleep_pid.unwrap();
+    let (status, err) = terminate(child, dir.path());
+    assert!(status.success(), "{status:?}: {err}");
     assert!(err.contains("unfinished 1 (left pending)"), "{err}");
     assert_eq!(pending(&server, "s", "g"), 1);
 
     // The orphaned `sleep` is gone (or a zombie waiting for init to reap it).
     let stat = Path::new("/proc").join(sleep_pid.to_string()).join("stat");
-    let start = Instant::now();
-    loop {
+    wait_until(DEADLINE, "the command's child to be gone", || {
         match std::fs::read_to_string(&stat) {
-            Err(_) => break,
-            Ok(s)
-                if s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                break
-            }
-            Ok(_) => {}
+            Err(_) => true,
+            // The state follows the command's name, which is in parentheses.
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
         }
-        assert!(start.elapsed() < DEADLINE, "the command's child survived");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    });
 }

@@ -8,19 +8,16 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::sb_url;
+use common::faults::{aof_always, fast, proxied, runtime};
+use common::{eventually, exit_within};
 use streambus::{Client, EntryId};
-use streambus_testkit::{unique_prefix, Appendfsync, FaultProxy, RedisServer, ServerOptions};
-
-/// Short timeouts, so that a silent connection is given up within 0.5 s.
-const FAST: [&str; 4] = ["--response-timeout", "500ms", "--connect-timeout", "500ms"];
+use streambus_testkit::{unique_prefix, RedisServer, ServerOptions};
 /// Bound for "publish works again" after a fault ends: a timeout (0.5 s) on
 /// the dead socket, a dial (up to 0.5 s), and at most 1 s between retries,
 /// with margin for a loaded 2-core machine.
@@ -48,20 +45,11 @@ fn line(n: usize) -> String {
 }
 
 impl Publisher {
-    /// Starts `streambus publish STREAM` against `url` and feeds it `total`
-    /// lines, `batch` at a time with `pause` between batches; stdin is closed
-    /// after the last one (unless `keep_open`).
-    fn start(
-        url: &str,
-        stream: &str,
-        extra: &[&str],
-        total: usize,
-        batch: usize,
-        pause: Duration,
-        keep_open: bool,
-    ) -> Publisher {
-        let mut cmd = sb_url(url, &FAST);
-        cmd.arg("publish").arg(stream).args(extra);
+    /// Starts `streambus publish STREAM EXTRA...` against `url` with short
+    /// timeouts, and feeds it lines at `pace`.
+    fn start(url: &str, stream: &str, extra: &[&str], pace: Pace) -> Publisher {
+        let mut cmd = fast(url, &["publish", stream]);
+        cmd.args(extra);
         let mut child = cmd.stdin(Stdio::piped()).spawn().expect("spawn streambus");
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
@@ -71,14 +59,8 @@ impl Publisher {
         ];
         let fed = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let allowed = Arc::new(AtomicUsize::new(total));
+        let allowed = Arc::new(AtomicUsize::new(pace.total));
         let stdin = child.stdin.take().unwrap();
-        let pace = Pace {
-            total,
-            batch,
-            pause,
-            keep_open,
-        };
         let feeder = {
             let (fed, stop, allowed) = (fed.clone(), stop.clone(), allowed.clone());
             std::thread::spawn(move || feed(stdin, pace, &fed, &stop, &allowed))
@@ -110,51 +92,40 @@ impl Publisher {
     }
 
     /// Waits until `n` ids are printed.
+    #[track_caller]
     fn wait_printed(&self, n: usize, deadline: Duration) {
-        let start = Instant::now();
-        while self.printed() < n {
-            assert!(
-                start.elapsed() < deadline,
-                "only {} of {n} ids printed within {deadline:?} ({} lines fed); stderr:\n{}",
-                self.printed(),
-                self.fed.load(Ordering::Relaxed),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            eventually(deadline, || self.printed() >= n),
+            "only {} of {n} ids printed within {deadline:?} ({} lines fed); stderr:\n{}",
+            self.printed(),
+            self.fed.load(Ordering::Relaxed),
+            self.stderr()
+        );
     }
 
     /// The time until more than `before` ids are printed.
+    #[track_caller]
     fn time_to_progress(&self, before: usize, deadline: Duration) -> Duration {
         let start = Instant::now();
-        while self.printed() <= before {
-            assert!(
-                start.elapsed() < deadline,
-                "no progress within {deadline:?} (still {before} ids); stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            eventually(deadline, || self.printed() > before),
+            "no progress within {deadline:?} (still {before} ids); stderr:\n{}",
+            self.stderr()
+        );
         start.elapsed()
     }
 
     /// Waits for the exit (killed and failed after `deadline`): status,
     /// stdout lines, stderr lines.
+    #[track_caller]
     fn finish(mut self, deadline: Duration) -> (ExitStatus, Vec<String>, Vec<String>) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > deadline {
-                self.child.kill().ok();
-                self.child.wait().ok();
-                panic!(
-                    "streambus did not exit within {deadline:?}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = exit_within(&mut self.child, deadline) else {
+            self.child.kill().ok();
+            self.child.wait().ok();
+            panic!(
+                "streambus did not exit within {deadline:?}; stderr:\n{}",
+                self.stderr()
+            );
         };
         self.stop.store(true, Ordering::Relaxed);
         for r in self.readers.drain(..) {
@@ -199,6 +170,30 @@ struct Pace {
     keep_open: bool,
 }
 
+impl Pace {
+    /// `total` lines, 20 every 10 ms (about 2,000 a second), then stdin
+    /// closed: a steady stream that a fault interrupts.
+    fn steady(total: usize) -> Pace {
+        Pace {
+            total,
+            batch: 20,
+            pause: Duration::from_millis(10),
+            keep_open: false,
+        }
+    }
+
+    /// `total` lines as fast as they are read, `batch` at a time; stdin
+    /// stays open, so that only an error ends the run.
+    fn flood(total: usize, batch: usize) -> Pace {
+        Pace {
+            total,
+            batch,
+            pause: Duration::ZERO,
+            keep_open: true,
+        }
+    }
+}
+
 fn feed(
     mut stdin: ChildStdin,
     pace: Pace,
@@ -232,15 +227,6 @@ fn feed(
     while keep_open && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A runtime for the proxy and for reading the stream back.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Every entry of `stream`: (entry id, envelope id, n).
@@ -296,6 +282,22 @@ fn assert_exact(entries: &[(EntryId, String, u64)], out: &[String]) -> usize {
     entries.len()
 }
 
+/// The run succeeded, and the stream holds exactly the lines whose ids were
+/// printed, all `total` of them, in input order, each once.
+#[track_caller]
+fn assert_all_published(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    stream: &str,
+    (status, out, err): (&ExitStatus, &[String], &[String]),
+    total: usize,
+) {
+    let err = err.join("\n");
+    assert!(status.success(), "status {status:?}, stderr:\n{err}");
+    let n = assert_exact(&stream_entries(rt, url, stream), out);
+    assert_eq!(n, total, "stderr:\n{err}");
+}
+
 /// Our own warning lines (not the library's logs).
 fn warnings(err: &[String]) -> Vec<&String> {
     err.iter()
@@ -303,25 +305,23 @@ fn warnings(err: &[String]) -> Vec<&String> {
         .collect()
 }
 
+/// Resets every connection through `proxy` every `every`, for `length`.
+fn reset_storm_for(proxy: &streambus_testkit::FaultProxy, length: Duration, every: Duration) {
+    let storm = Instant::now();
+    while storm.elapsed() < length {
+        proxy.reset_all();
+        // The storm's rhythm: a fault, not a wait for something.
+        std::thread::sleep(every);
+    }
+}
+
 #[test]
 fn redis_sigkill_and_restart_with_aof_always() {
-    let mut server = RedisServer::start_with(ServerOptions {
-        appendonly: true,
-        appendfsync: Appendfsync::Always,
-        ..ServerOptions::default()
-    });
+    let mut server = RedisServer::start_with(aof_always());
     let rt = runtime();
     let stream = unique_prefix("pubkill");
     let total = 6000;
-    let p = Publisher::start(
-        &server.url(),
-        &stream,
-        &[],
-        total,
-        20,
-        Duration::from_millis(10),
-        false,
-    );
+    let p = Publisher::start(&server.url(), &stream, &[], Pace::steady(total));
     p.wait_printed(1000, Duration::from_secs(10));
     server.kill();
     // Down for a while, as a restart of a real server would be.
@@ -332,13 +332,7 @@ fn redis_sigkill_and_restart_with_aof_always() {
     let healed_at = Instant::now() - recovered;
     let (status, out, err) = p.finish(Duration::from_secs(30));
     let all_done = healed_at.elapsed();
-    assert!(
-        status.success(),
-        "status {status:?}, stderr:\n{}",
-        err.join("\n")
-    );
-    let n = assert_exact(&stream_entries(&rt, &server.url(), &stream), &out);
-    assert_eq!(n, total, "stderr:\n{}", err.join("\n"));
+    assert_all_published(&rt, &server.url(), &stream, (&status, &out, &err), total);
     let w = warnings(&err);
     assert!(!w.is_empty() && w.len() <= 2, "warnings: {w:#?}");
     eprintln!(
@@ -350,40 +344,19 @@ fn redis_sigkill_and_restart_with_aof_always() {
 
 #[test]
 fn black_hole_then_heal_new_connections_only() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let proxy = rt
-        .block_on(FaultProxy::start(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            server.port(),
-        ))))
-        .unwrap();
+    let s = proxied(false);
     let stream = unique_prefix("pubhole");
     let total = 6000;
-    let p = Publisher::start(
-        &proxy.url(),
-        &stream,
-        &[],
-        total,
-        20,
-        Duration::from_millis(10),
-        false,
-    );
+    let p = Publisher::start(&s.proxy.url(), &stream, &[], Pace::steady(total));
     p.wait_printed(1000, Duration::from_secs(10));
-    proxy.black_hole();
+    s.proxy.black_hole();
     let cut = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     let during = p.printed();
-    proxy.heal();
+    s.proxy.heal();
     let recovered = p.time_to_progress(during, RECOVERY_BOUND);
     let (status, out, err) = p.finish(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "status {status:?}, stderr:\n{}",
-        err.join("\n")
-    );
-    let n = assert_exact(&stream_entries(&rt, &server.url(), &stream), &out);
-    assert_eq!(n, total);
+    assert_all_published(&s.rt, &s.redis.url(), &stream, (&status, &out, &err), total);
     let w = warnings(&err);
     // One at the first failure, then at most one per 5 s.
     assert!(!w.is_empty() && w.len() <= 2, "warnings: {w:#?}");
@@ -397,44 +370,19 @@ fn black_hole_then_heal_new_connections_only() {
 
 #[test]
 fn reset_storm() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let proxy = rt
-        .block_on(FaultProxy::start(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            server.port(),
-        ))))
-        .unwrap();
+    let s = proxied(false);
     let stream = unique_prefix("pubreset");
     let total = 12000;
-    let p = Publisher::start(
-        &proxy.url(),
-        &stream,
-        &[],
-        total,
-        20,
-        Duration::from_millis(10),
-        false,
-    );
+    let p = Publisher::start(&s.proxy.url(), &stream, &[], Pace::steady(total));
     p.wait_printed(500, Duration::from_secs(10));
-    let storm = Instant::now();
-    while storm.elapsed() < Duration::from_secs(3) {
-        proxy.reset_all();
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    reset_storm_for(&s.proxy, Duration::from_secs(3), Duration::from_millis(500));
     let after = p.printed();
     let recovered = p.time_to_progress(after, RECOVERY_BOUND);
     let (status, out, err) = p.finish(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "status {status:?}, stderr:\n{}",
-        err.join("\n")
-    );
-    let n = assert_exact(&stream_entries(&rt, &server.url(), &stream), &out);
-    assert_eq!(n, total);
+    assert_all_published(&s.rt, &s.redis.url(), &stream, (&status, &out, &err), total);
     eprintln!(
         "reset storm 3 s: next id {recovered:?} after it; {} accepted connections; stderr:\n{}",
-        proxy.connections_accepted(),
+        s.proxy.connections_accepted(),
         err.join("\n")
     );
     assert!(recovered < RECOVERY_BOUND);
@@ -444,34 +392,19 @@ fn reset_storm() {
 /// report the envelope id they were written with, like the others.
 #[test]
 fn reset_storm_with_json_reports_the_envelope_ids_written() {
-    let server = RedisServer::start();
-    let rt = runtime();
-    let proxy = rt
-        .block_on(FaultProxy::start(SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            server.port(),
-        ))))
-        .unwrap();
+    let s = proxied(false);
     let stream = unique_prefix("pubjson");
     let total = 6000;
-    let p = Publisher::start(
-        &proxy.url(),
-        &stream,
-        &["--json"],
-        total,
-        20,
-        Duration::from_millis(10),
-        false,
-    );
+    let p = Publisher::start(&s.proxy.url(), &stream, &["--json"], Pace::steady(total));
     p.wait_printed(500, Duration::from_secs(10));
-    let storm = Instant::now();
-    while storm.elapsed() < Duration::from_millis(1500) {
-        proxy.reset_all();
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    reset_storm_for(
+        &s.proxy,
+        Duration::from_millis(1500),
+        Duration::from_millis(300),
+    );
     let (status, out, err) = p.finish(Duration::from_secs(30));
     assert!(status.success(), "{status:?}, stderr:\n{}", err.join("\n"));
-    let entries = stream_entries(&rt, &server.url(), &stream);
+    let entries = stream_entries(&s.rt, &s.redis.url(), &stream);
     let printed: Vec<(String, String)> = out
         .iter()
         .map(|l| {
@@ -488,7 +421,7 @@ fn reset_storm_with_json_reports_the_envelope_ids_written() {
     }
     eprintln!(
         "reset storm 1.5 s with --json: {} accepted connections; stderr:\n{}",
-        proxy.connections_accepted(),
+        s.proxy.connections_accepted(),
         err.join("\n")
     );
 }
@@ -504,15 +437,7 @@ fn out_of_memory_stops_with_the_first_unpublished_line() {
     let rt = runtime();
     let stream = unique_prefix("puboom");
     let start = Instant::now();
-    let p = Publisher::start(
-        &server.url(),
-        &stream,
-        &[],
-        200_000,
-        1000,
-        Duration::ZERO,
-        true,
-    );
+    let p = Publisher::start(&server.url(), &stream, &[], Pace::flood(200_000, 1000));
     let (status, out, err) = p.finish(Duration::from_secs(30));
     let took = start.elapsed();
     assert!(!status.success(), "it must fail at maxmemory");
@@ -545,10 +470,7 @@ fn gives_up_after_retry_for_when_redis_is_gone() {
         &server.url(),
         &stream,
         &["--retry-for", "2s"],
-        150,
-        50,
-        Duration::ZERO,
-        true,
+        Pace::flood(150, 50),
     );
     p.allow(100);
     p.wait_printed(100, Duration::from_secs(10));

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -14,17 +13,10 @@ use serde_json::{json, Value};
 use streambus::partition::Partitions;
 use streambus_testkit::RedisServer;
 
-use common::{ok, run, run_with, sb, sb_redis, text, xlen};
+use common::data::{has_group, numbered_with_blanks, xlen};
+use common::{example, json_lines, ok, run, run_with, sb, sb_redis, text};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Each line of `out` as a JSON value.
-#[track_caller]
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-        .collect()
-}
 
 /// The fields of entry `id` of `key`, read with `XRANGE key id id`; `None`
 /// when there is no such entry.
@@ -62,13 +54,6 @@ fn check_published(
         ),
     }
     fields
-}
-
-/// Whether `key` has group `group` (XINFO GROUPS: a `name` line, then the name).
-fn has_group(server: &RedisServer, key: &str, group: &str) -> bool {
-    let out = server.cli(&["XINFO", "GROUPS", key]);
-    let lines: Vec<&str> = out.lines().collect();
-    lines.windows(2).any(|w| w == ["name", group])
 }
 
 /// A failed run: nothing on stdout, one `error: ...` line on stderr.
@@ -135,14 +120,8 @@ fn publish_json_of_a_raw_entry_has_no_envelope_id() {
 #[test]
 fn publish_json_from_stdin_gives_one_object_per_line_in_order() {
     let server = RedisServer::start();
-    let mut input = String::new();
-    for i in 0..1500 {
-        input.push_str(&format!("{{\"n\":{i}}}\n"));
-        if i % 400 == 0 {
-            // Blank lines publish nothing and print nothing.
-            input.push_str("\n  \n");
-        }
-    }
+    // Blank lines publish nothing and print nothing.
+    let input = numbered_with_blanks(1500, 400);
     let out = ok(&run_with(
         sb_redis(&server, &["publish", "s", "--json"]),
         input.as_bytes(),
@@ -248,10 +227,6 @@ fn publish_json_errors_stay_on_stderr() {
 }
 
 // ---------------------------------------------------------------- topology
-
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../streambus.example.toml")
-}
 
 #[test]
 fn topology_check_json_lists_what_was_checked() {

@@ -3,58 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::Child;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{eventually, find_after, http_get, process_exists, run, sb, text, wait};
+use common::serve::start;
+use common::{eventually, find_after, http_get, process_exists, run, sb, sigterm, text, wait};
 use streambus_testkit::{free_port, RedisServer};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const TOKEN: &str = "test-token-0123456789";
-
-/// Starts `serve` and returns it with the lines of stderr seen until the
-/// dashboard's address was printed, and that address.
-fn start(mut cmd: std::process::Command) -> (Child, Vec<String>, SocketAddr) {
-    let mut child = cmd.spawn().expect("spawn streambus serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    loop {
-        let line = match rx.recv_timeout(DEADLINE) {
-            Ok(l) => l,
-            Err(_) => {
-                child.kill().ok();
-                child.wait().ok();
-                panic!("no dashboard line; stderr so far: {lines:?}");
-            }
-        };
-        lines.push(line.clone());
-        if let Some(addr) = find_after(&line, "dashboard: http://", '/') {
-            let addr = addr.parse().unwrap();
-            // Keep draining stderr so the server never blocks on it.
-            std::thread::spawn(move || for _ in rx {});
-            return (child, lines, addr);
-        }
-    }
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: kill(2) on our own, not yet reaped child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-}
 
 #[test]
 fn serves_health_requires_the_token_and_stops_on_sigterm() {

@@ -3,17 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{run, sb, text};
+use common::{example, run, sb, text};
 use streambus_testkit::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../streambus.example.toml")
-}
 
 #[test]
 fn the_example_file_checks_ok() {

@@ -1,16 +1,35 @@
-//! Shared by the tests of the `streambus` binary: run it with a clean
-//! environment and a deadline, read what it printed, poll a condition, ask
-//! Redis about a group, and a tiny HTTP/1.1 GET.
+//! Shared by the tests of the `streambus` binary.
+//!
+//! # Layout
+//!
+//! - here: run the binary with a clean environment and a deadline, check
+//!   what it printed, poll a condition, signal a child, a tiny HTTP/1.1 GET;
+//! - [`data`]: entries put into Redis, and what Redis says about streams,
+//!   groups and consumers;
+//! - [`lines`]: a running command's stdout line by line, as it comes;
+//! - [`serve`]: `streambus serve` started, and the dashboard's address;
+//! - [`faults`]: Redis behind the testkit's `FaultProxy`, and commands with
+//!   short timeouts that print through it.
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod data;
+pub mod faults;
+pub mod lines;
+pub mod serve;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
 
+use serde_json::Value;
 use streambus_testkit::RedisServer;
+
+/// How long one step of a helper here (a run, a line awaited) may take
+/// before the test fails.
+pub const STEP: Duration = Duration::from_secs(20);
 
 /// `streambus ARGS...` with no Redis, topology, token or log settings
 /// inherited; stdin empty, stdout and stderr piped.
@@ -73,41 +92,54 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], deadline: Duration) -> Output {
 /// Waits for `child` to exit within `deadline` (killed and failed after it),
 /// reading what is left of its stdout and stderr.
 pub fn wait(mut child: Child, deadline: Duration) -> Output {
-    let start = Instant::now();
     // Either may have been taken by the caller already.
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(mut s) = stdout {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    let err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        if let Some(mut s) = stderr {
-            let _ = s.read_to_end(&mut b);
-        }
-        b
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > deadline {
-            child.kill().ok();
-            child.wait().ok();
-            let e = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-            panic!("streambus did not exit within {deadline:?}; stderr:\n{e}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let out = read_all(child.stdout.take());
+    let err = read_all(child.stderr.take());
+    let Some(status) = exit_within(&mut child, deadline) else {
+        child.kill().ok();
+        child.wait().ok();
+        let e = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        panic!("streambus did not exit within {deadline:?}; stderr:\n{e}");
     };
     Output {
         status,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     }
+}
+
+/// Reads `r` to its end on a thread (so that the child never blocks on a full
+/// pipe); nothing when there is no `r`.
+fn read_all(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(mut r) = r {
+            // What was read before an error is all there is.
+            let _ = r.read_to_end(&mut b);
+        }
+        b
+    })
+}
+
+/// The exit status of `child` once it has exited, polled until `deadline`;
+/// `None` if it is still running then (it is left running: the caller
+/// decides whether to kill it or fail).
+pub fn exit_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    eventually(deadline, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// Sends SIGTERM to `child` (the graceful stop every long-running command
+/// has).
+#[track_caller]
+pub fn sigterm(child: &Child) {
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill(SIGTERM)");
 }
 
 /// Output as text; streambus writes UTF-8.
@@ -127,15 +159,32 @@ pub fn ok(o: &Output) -> String {
     text(&o.stdout)
 }
 
-/// The length of stream `key`.
-pub fn xlen(server: &RedisServer, key: &str) -> u64 {
-    server.cli(&["XLEN", key]).parse().unwrap()
+/// Checks a failure: exit code, and one `error: ...` line that contains
+/// `needle` (in any case); returns that line.
+#[track_caller]
+pub fn fails(o: &Output, code: i32, needle: &str) -> String {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "{needle:?} not in {err:?}"
+    );
+    err
 }
 
-/// The number of pending entries of a group (first line of XPENDING's summary).
-pub fn pending(server: &RedisServer, stream: &str, group: &str) -> u64 {
-    let out = server.cli(&["XPENDING", stream, group]);
-    out.lines().next().unwrap().trim().parse().unwrap()
+/// Each line of `text` as a JSON value.
+#[track_caller]
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+/// The repository's example topology file.
+pub fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../streambus.example.toml")
 }
 
 /// `GET path` over HTTP/1.1: the status code and the body.

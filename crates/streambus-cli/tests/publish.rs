@@ -1,0 +1,148 @@
+//! `streambus publish` against a real `redis-server` (one per test, from
+//! `streambus-testkit`): JSON arguments, stdin lines, raw fields, trimming,
+//! and the input it refuses (which it names, publishing nothing after it).
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::data::{data_n, numbered, numbered_with_blanks, xlen};
+use common::{fails, json_lines, ok, run, run_with, sb_redis, text};
+use streambus_testkit::RedisServer;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// `streambus publish s ARGS...` against `server`, to completion.
+fn publish(server: &RedisServer, args: &[&str]) -> Output {
+    run(publish_command(server, args), DEADLINE)
+}
+
+/// The same, with `input` on stdin.
+fn publish_stdin(server: &RedisServer, args: &[&str], input: &[u8]) -> Output {
+    run_with(publish_command(server, args), input, DEADLINE)
+}
+
+fn publish_command(server: &RedisServer, args: &[&str]) -> Command {
+    let mut cmd = sb_redis(server, &["publish", "s"]);
+    cmd.args(args);
+    cmd
+}
+
+#[test]
+fn publish_json_arguments_prints_one_id_each() {
+    let server = RedisServer::start();
+    let out = ok(&publish(
+        &server,
+        &[r#"{"a":1}"#, "[2]", "--type", "t", "--key", "k"],
+    ));
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1] || ids[0].len() < ids[1].len());
+    let rows = json_lines(&ok(&run(sb_redis(&server, &["tail", "s"]), DEADLINE)));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["entry_id"], ids[0]);
+    assert_eq!(rows[0]["data"]["a"], 1);
+    assert_eq!(rows[0]["type"], "t");
+    assert_eq!(rows[0]["key"], "k");
+    assert_eq!(rows[1]["data"][0], 2);
+}
+
+#[test]
+fn publish_stdin_streams_many_lines() {
+    let server = RedisServer::start();
+    let input = numbered_with_blanks(2500, 700);
+    let out = ok(&publish_stdin(&server, &[], input.as_bytes()));
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2500);
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 2500);
+    assert_eq!(xlen(&server, "s"), 2500);
+    // In order: the last entry is the last line.
+    let last = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "-n", "1"]),
+        DEADLINE,
+    )));
+    assert_eq!(data_n(&last[0]), 2499);
+    assert_eq!(last[0]["entry_id"], *ids.last().unwrap());
+}
+
+#[test]
+fn publish_field_writes_one_raw_entry() {
+    let server = RedisServer::start();
+    let out = ok(&publish(
+        &server,
+        &["--field", "sensor_id=s1", "--field", "temp=0.5=x"],
+    ));
+    assert_eq!(out.lines().count(), 1);
+    let rows = json_lines(&ok(&run(
+        sb_redis(&server, &["tail", "s", "--from", "0"]),
+        DEADLINE,
+    )));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["fields"],
+        serde_json::json!({"sensor_id": "s1", "temp": "0.5=x"})
+    );
+    assert!(rows[0].get("data").is_none());
+    assert_eq!(server.cli(&["XRANGE", "s", "-", "+"]).lines().count(), 5);
+}
+
+#[test]
+fn publish_rejects_field_mixed_with_json() {
+    let server = RedisServer::start();
+    let o = publish(&server, &["{}", "--field", "a=1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(xlen(&server, "s"), 0);
+}
+
+#[test]
+fn publish_maxlen_trims() {
+    let server = RedisServer::start();
+    let input = numbered(0..1000);
+    let out = ok(&publish_stdin(
+        &server,
+        &["--maxlen", "10"],
+        input.as_bytes(),
+    ));
+    assert_eq!(out.lines().count(), 1000);
+    // Approximate trimming removes whole nodes (100 entries by default).
+    let len = xlen(&server, "s");
+    assert!((10..=200).contains(&len), "XLEN {len}");
+}
+
+#[test]
+fn publish_invalid_json_argument_writes_nothing() {
+    let server = RedisServer::start();
+    let o = publish(&server, &["{}", "{nope"]);
+    fails(&o, 1, "JSON argument 2");
+    fails(&o, 1, "not valid JSON");
+    assert_eq!(text(&o.stdout), "");
+    assert_eq!(xlen(&server, "s"), 0);
+}
+
+#[test]
+fn publish_invalid_stdin_line_names_it_and_keeps_earlier_ones() {
+    let server = RedisServer::start();
+    let o = publish_stdin(&server, &[], b"{\"n\":0}\n\n{\"n\":1}\n{oops\n{\"n\":3}\n");
+    let err = fails(&o, 1, "line 4");
+    assert!(err.contains("2 messages before it published"), "{err}");
+    assert!(err.contains("not valid JSON"), "{err}");
+    assert_eq!(text(&o.stdout).lines().count(), 2);
+    assert_eq!(xlen(&server, "s"), 2);
+}
+
+#[test]
+fn publish_oversized_payload_writes_nothing() {
+    let server = RedisServer::start();
+    let big = format!("\"{}\"", "x".repeat(3000));
+    let o = publish(&server, &[&big, "--max-message-bytes", "2KiB"]);
+    fails(&o, 1, "exceeds the limit of 2048 bytes");
+    assert_eq!(xlen(&server, "s"), 0);
+
+    // On stdin, a line longer than the limit is refused without reading it whole.
+    let line = format!("{big}\n");
+    let o = publish_stdin(&server, &["--max-message-bytes", "1k"], line.as_bytes());
+    fails(&o, 1, "line 1");
+    assert_eq!(xlen(&server, "s"), 0);
+}
