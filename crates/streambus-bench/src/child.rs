@@ -16,14 +16,11 @@
 //! ```
 //!
 //! The child consumes the given number of entries with a no-op handler, waits
-//! until they are acknowledged, prints one JSON line ([`ChildResult`]) and exits.
+//! until they are acknowledged, prints one JSON line (`ChildResult`) and exits.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use streambus::{CancellationToken, Client, Delivery, Outcome, Worker, WorkerOptions};
+use streambus::{Client, WorkerOptions};
 
 /// The environment variable that carries the spec; a program started with it
 /// set is a bench child.
@@ -75,70 +72,6 @@ pub fn run_if_requested() -> Option<ExitCode> {
     })
 }
 
-/// Runs a worker with a no-op handler until `messages` entries were handled and
-/// acknowledged. Used by the bench process too, for the in-process figures.
-pub(crate) async fn consume_with(
-    client: &Client,
-    stream: &str,
-    group: &str,
-    options: WorkerOptions,
-    messages: u64,
-) -> crate::Result<(Duration, streambus::WorkerReport)> {
-    let handled = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let handler = {
-        let handled = handled.clone();
-        let done = done.clone();
-        move |_d: Delivery| {
-            if handled.fetch_add(1, Ordering::Relaxed) + 1 == messages {
-                done.notify_one();
-            }
-            std::future::ready(Outcome::Ack)
-        }
-    };
-    let stop = CancellationToken::new();
-    let worker = Worker::new(
-        client,
-        stream,
-        group,
-        WorkerOptions {
-            consumer_name: Some("bench".into()),
-            ..options
-        },
-    );
-    let started = Instant::now();
-    let task = tokio::spawn(worker.run(handler, stop.clone()));
-    // Stops the worker even if this future is dropped.
-    let _stop_on_exit = stop.clone().drop_guard();
-    tokio::select! {
-        _ = done.notified() => {}
-        r = tokio::time::sleep(Duration::from_secs(600)) => {
-            let _: () = r;
-            return Err(crate::Error::new("the worker did not finish within 10 minutes"));
-        }
-    }
-    // Handled is not done: wait for the acknowledgements (one flush interval).
-    let mut conn = client.connect().await?;
-    loop {
-        let (pending,): (u64,) = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(group)
-            .query_async::<(u64, redis::Value, redis::Value, redis::Value)>(&mut conn)
-            .await
-            .map(|(n, _, _, _)| (n,))?;
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = started.elapsed();
-    stop.cancel();
-    let report = task
-        .await
-        .map_err(|e| crate::Error::new(format!("worker task: {e}")))??;
-    Ok((elapsed, report))
-}
-
 async fn consume(spec: ChildSpec) -> crate::Result<ChildResult> {
     let client = Client::open(&spec.url)?;
     let options = WorkerOptions {
@@ -146,7 +79,7 @@ async fn consume(spec: ChildSpec) -> crate::Result<ChildResult> {
         ..WorkerOptions::default()
     };
     let (elapsed, _) =
-        consume_with(&client, &spec.stream, &spec.group, options, spec.messages).await?;
+        crate::noop::consume(&client, &spec.stream, &spec.group, options, spec.messages).await?;
     Ok(ChildResult {
         messages: spec.messages,
         seconds: elapsed.as_secs_f64(),

@@ -24,8 +24,14 @@
 //! # Layout
 //!
 //! - [`payload`]: the one payload, which carries its own send time.
-//! - `phases`: one function per measurement.
-//! - `server`: the private `redis-server`.
+//! - `phases`: the measurements, one file per kind, run in order by
+//!   `phases/mod.rs` (the shared context and the phase list):
+//!   `reference` (redis-benchmark), `publish` (library and stdin), `consume`
+//!   (worker and plain loop), `memory` (the worker in its own process),
+//!   `latency`, `scaling` (the cluster comparison).
+//! - `noop`: the no-op worker every consume figure runs, and the wait until
+//!   nothing is pending.
+//! - `server`: the private `redis-server` and Redis Cluster.
 //! - `render`: the table and the targets.
 //! - [`child`]: the worker run in a process of its own, to measure its memory.
 
@@ -38,6 +44,7 @@ use std::time::Duration;
 use streambus::{ProducerOptions, Retention, WorkerOptions};
 
 pub mod child;
+mod noop;
 pub mod payload;
 mod phases;
 mod render;

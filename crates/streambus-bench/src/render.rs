@@ -2,7 +2,6 @@
 
 use std::fmt::Write;
 
-use crate::phases::fmt_rate;
 use crate::sys::mib;
 use crate::{BenchReport, Target};
 
@@ -219,4 +218,18 @@ fn grid<const N: usize>(s: &mut String, rows: &[[String; N]], right: &[bool; N])
             let _ = writeln!(s, "{}", "-".repeat(total));
         }
     }
+}
+
+/// A rate as a whole number with thousands separators (`1,234,567`).
+pub(crate) fn fmt_rate(r: f64) -> String {
+    let n = r.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
