@@ -22,10 +22,12 @@ pub(super) fn parse_member(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-/// The help section of the options that only go with `consume --exec`.
-const EXEC_HEADING: &str = "Running a command (--exec)";
+/// The help section of the options that only go with `consume --exec` or
+/// `consume --pipe`.
+const EXEC_HEADING: &str = "Running a command (--exec, --pipe)";
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("runner").args(["exec", "pipe"])))]
 pub struct ConsumeArgs {
     /// The stream to read.
     pub stream: String,
@@ -72,10 +74,11 @@ pub struct ConsumeArgs {
     /// Never create the group: a missing group is an error, and so is one
     /// that vanishes while consuming (Redis restarted without persistence).
     /// Without it, a vanished group is recreated from the start of the stream.
-    #[arg(long, conflicts_with = "exec")]
+    #[arg(long, conflicts_with = "runner")]
     pub no_create: bool,
 
-    /// Run `sh -c CMD` for each entry instead of printing it: the entry's JSON
+    /// Run CMD for each entry instead of printing it (directly when it is
+    /// plain words, else with `sh -c`): the entry's JSON
     /// line on its stdin, STREAMBUS_STREAM, STREAMBUS_ENTRY_ID,
     /// STREAMBUS_DELIVERIES, STREAMBUS_GROUP and STREAMBUS_CONSUMER in its
     /// environment (and, for a partitioned stream, STREAMBUS_PARTITION and
@@ -85,12 +88,28 @@ pub struct ConsumeArgs {
     #[arg(long, value_name = "CMD", help_heading = EXEC_HEADING)]
     pub exec: Option<String>,
 
-    /// Commands running at the same time [default: 1: each command is a
-    /// process, so more is something to ask for].
+    /// Start `sh -c CMD` once and stream entries through it: one JSON line per
+    /// entry on its stdin (as printed without --exec), one answer per entry on
+    /// its stdout, in any order: `ack ID`, `retry ID [DELAY] [REASON]` or
+    /// `dead ID REASON` (its logs go to stderr). A copy that exits or writes
+    /// anything else is restarted, and its unanswered entries are retried.
+    /// STREAMBUS_STREAM, STREAMBUS_GROUP, STREAMBUS_CONSUMER and STREAMBUS_COPY
+    /// are in its environment.
+    #[arg(long, value_name = "CMD", conflicts_with = "exec", help_heading = EXEC_HEADING)]
+    pub pipe: Option<String>,
+
+    /// With --pipe: entries handed to the command and not yet answered, over
+    /// all copies [default: 256].
+    #[arg(long, value_name = "N", requires = "pipe", help_heading = EXEC_HEADING)]
+    pub in_flight: Option<usize>,
+
+    /// Commands running at the same time; with --pipe, copies of the command
+    /// [default: 1: each command is a process, so more is something to ask
+    /// for].
     #[arg(
         long,
         value_name = "N",
-        requires = "exec",
+        requires = "runner",
         help_heading = EXEC_HEADING
     )]
     pub concurrency: Option<usize>,
@@ -102,7 +121,7 @@ pub struct ConsumeArgs {
         long,
         value_name = "DURATION",
         value_parser = parse_duration,
-        requires = "exec",
+        requires = "runner",
         help_heading = EXEC_HEADING
     )]
     pub visibility_timeout: Option<Duration>,
@@ -111,7 +130,7 @@ pub struct ConsumeArgs {
     #[arg(
         long,
         value_name = "N",
-        requires = "exec",
+        requires = "runner",
         help_heading = EXEC_HEADING
     )]
     pub max_deliveries: Option<u32>,
@@ -122,13 +141,13 @@ pub struct ConsumeArgs {
         long,
         value_name = "BASE[,MAX]",
         value_parser = parse_backoff,
-        requires = "exec",
+        requires = "runner",
         help_heading = EXEC_HEADING
     )]
     pub backoff: Option<Backoff>,
 
     /// Run entries with the same envelope key one at a time, in stream order.
-    #[arg(long, requires = "exec", help_heading = EXEC_HEADING)]
+    #[arg(long, requires = "runner", help_heading = EXEC_HEADING)]
     pub ordered_by_key: bool,
 
     /// On Ctrl-C or SIGTERM, how long running commands may still take; then
@@ -138,7 +157,7 @@ pub struct ConsumeArgs {
         long,
         value_name = "DURATION",
         value_parser = parse_duration,
-        requires = "exec",
+        requires = "runner",
         help_heading = EXEC_HEADING
     )]
     pub grace: Option<Duration>,

@@ -68,6 +68,9 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
     if let Some(command) = args.exec.clone() {
         return super::exec::run(client, args, command, file, partitions).await;
     }
+    if let Some(command) = args.pipe.clone() {
+        return super::pipe::run(client, args, command, file, partitions).await;
+    }
     let name = args.consumer.clone().unwrap_or_else(default_consumer_name);
     let o = settings::worker_options(
         &args,

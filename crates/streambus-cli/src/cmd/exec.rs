@@ -17,41 +17,25 @@
 //! `--grace`); when the grace runs out, the whole group is killed, so that
 //! nothing the command started keeps working on an entry left pending.
 
-use std::collections::HashMap;
 use std::pin::pin;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 use streambus::default_consumer_name;
-use streambus::partition::{PartitionedWorker, Partitions};
-use streambus::{
-    Backoff, CancellationToken, Client, Delivery, Handler, Outcome, Worker, WorkerOptions,
-    WorkerReport,
-};
+use streambus::partition::Partitions;
+use streambus::{Client, Delivery, Handler, Outcome, WorkerOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use super::settings::{self, FileGroup, BATCH_SIZE, MAX_WAIT};
+use super::runner::{self, Logical, StopAfter};
+use super::settings::FileGroup;
 use crate::cli::ConsumeArgs;
 use crate::shutdown;
 
-/// Defaults of the `--exec` flags (their help texts state them).
+/// Commands running at the same time, by default: each is a process, so more
+/// is something to ask for.
 const CONCURRENCY: usize = 1;
-const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_DELIVERIES: u32 = 5;
-const GRACE: Duration = Duration::from_secs(30);
-fn default_backoff() -> Backoff {
-    Backoff::new(Duration::from_secs(1), Duration::from_secs(300))
-}
-
-/// The pending list is scanned for due retries at the backoff's base, so that a
-/// short backoff means a quick retry; but not more often than this (each scan is
-/// an XPENDING) ...
-const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(20);
-/// ... and at least this often (the worker's own default).
-const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// sysexits.h: the input data was incorrect. The entry is dead-lettered at once.
 const EX_DATAERR: i32 = 65;
@@ -71,159 +55,121 @@ pub async fn run(
     file: FileGroup<'_>,
     partitions: Option<Partitions>,
 ) -> Result<()> {
-    // Built-in defaults, then the topology file's group settings, then flags.
-    let mut options = settings::worker_options(
-        &args,
-        file,
-        WorkerOptions {
-            concurrency: CONCURRENCY,
-            batch_size: BATCH_SIZE,
-            block: MAX_WAIT,
-            visibility_timeout: VISIBILITY_TIMEOUT,
-            max_deliveries: MAX_DELIVERIES,
-            retry_backoff: default_backoff(),
-            shutdown_grace: GRACE,
-            ..Default::default()
-        },
-    );
-    let o = &mut options;
-    o.reclaim_interval = o
-        .retry_backoff
-        .base
-        .clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL);
-    let max_deliveries = o.max_deliveries;
+    let options = runner::options(&args, file, CONCURRENCY, 0);
     if args.count == Some(0) {
         return Ok(());
     }
-    let consumer = args.consumer.unwrap_or_else(default_consumer_name);
-
+    let consumer = args.consumer.clone().unwrap_or_else(default_consumer_name);
     let (stop, _signals) = shutdown::on_signal();
-    let logical = partitions.as_ref().map(|p| Logical {
-        stream: args.stream.clone(),
-        index: p
-            .keys()
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.clone(), i))
-            .collect(),
-    });
     let handler = Exec {
+        argv: plain_words(&command),
         command,
         group: args.group.clone(),
         consumer: consumer.clone(),
-        logical,
-        max_deliveries,
-        stop_after: args.count.map(|target| StopAfter {
-            target,
-            done: AtomicU64::new(0),
-            stop: stop.clone(),
-        }),
+        logical: Logical::new(&args.stream, partitions.as_ref()),
+        stop_after: StopAfter::new(args.count, &stop, options.max_deliveries),
     };
     tracing::info!(stream = %args.stream, group = %args.group, %consumer, "running a command per entry");
     let options = WorkerOptions {
         consumer_name: Some(consumer),
         ..options
     };
-    let report = match partitions {
-        None => {
-            Worker::new(client, &args.stream, &args.group, options)
-                .run(handler, stop)
-                .await?
-        }
-        Some(p) => {
-            let mut worker = PartitionedWorker::new(client, p, &args.group, options);
-            if let Some((i, n)) = args.member {
-                worker = worker.member(i, n);
-            }
-            worker.run(handler, stop).await?
-        }
-    };
-    eprintln!("consumed: {}", summary(&report));
+    let report = runner::run_worker(client, &args, partitions, options, handler, stop).await?;
+    eprintln!("consumed: {}", runner::summary(&report));
     Ok(())
-}
-
-/// `delivered 10, acked 9, retried 1, dead-lettered 0, reclaimed 0`, plus what
-/// was left unfinished when the grace ran out, if anything.
-fn summary(r: &WorkerReport) -> String {
-    let mut line = format!(
-        "delivered {}, acked {}, retried {}, dead-lettered {}, reclaimed {}",
-        r.delivered, r.acked, r.retried, r.dead_lettered, r.reclaimed
-    );
-    if r.unfinished > 0 {
-        line.push_str(&format!(", unfinished {} (left pending)", r.unfinished));
-    }
-    line
 }
 
 /// The handler: runs the command for one delivery.
 struct Exec {
     command: String,
+    /// The command's words when it needs no shell: it is then started
+    /// directly, which saves a process (and the shell's start) per entry.
+    argv: Option<Vec<String>>,
     group: String,
     consumer: String,
     /// A partitioned stream: its name and each partition key's index.
     logical: Option<Logical>,
-    /// To tell a last failed attempt (the worker dead-letters it) from one that
-    /// will be retried.
-    max_deliveries: u32,
     /// With `--count`.
     stop_after: Option<StopAfter>,
-}
-
-/// The logical stream a partitioned worker reads.
-struct Logical {
-    stream: String,
-    /// Partition key to partition index.
-    index: HashMap<String, usize>,
-}
-
-/// Stops the worker once `target` entries are done with (acknowledged or
-/// dead-lettered).
-struct StopAfter {
-    target: u64,
-    done: AtomicU64,
-    stop: CancellationToken,
 }
 
 impl Handler for Exec {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let outcome = self.run_command(&delivery).await;
-        let done = match &outcome {
-            Outcome::Ack | Outcome::DeadLetter { .. } => true,
-            // The worker dead-letters a failure at the last allowed delivery.
-            Outcome::Retry { .. } => delivery.deliveries >= self.max_deliveries,
-            _ => false,
-        };
-        if let (true, Some(s)) = (done, &self.stop_after) {
-            if s.done.fetch_add(1, Ordering::Relaxed) + 1 >= s.target {
-                // In-flight commands still finish; the worker then flushes the
-                // acknowledgements (this one's included) and returns.
-                s.stop.cancel();
-            }
+        if let Some(s) = &self.stop_after {
+            s.note(&outcome, delivery.deliveries);
         }
         outcome
     }
 }
 
+/// The words of `command` if it is plain words (letters, digits and
+/// `_ - . / , : @ + =` between spaces) naming a program (a path, or one found
+/// in `PATH`), which `sh -c` would run as they are; `None` when it has anything
+/// a shell would interpret (quotes, `$`, `|`, `>`, globs, `~`, a leading
+/// `VAR=value`, a builtin such as `exit` or `cd`…).
+fn plain_words(command: &str) -> Option<Vec<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./,:@+=".contains(c);
+    let words: Vec<String> = command
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let first = words.first()?;
+    let ok = words.iter().all(|w| w.chars().all(plain))
+        // `A=1 cmd` sets a variable; `=` elsewhere is an argument.
+        && !first.contains('=')
+        && is_program(first);
+    ok.then_some(words)
+}
+
+/// Whether `name` is an executable file: a path, or a name found in `PATH`.
+fn is_program(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        return executable(std::path::Path::new(name));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(name))))
+}
+
 impl Exec {
+    /// The command as it is started, for messages.
+    fn shown(&self) -> String {
+        match &self.argv {
+            Some(argv) => argv.join(" "),
+            None => format!("sh -c {:?}", self.command),
+        }
+    }
+
     async fn run_command(&self, d: &Delivery) -> Outcome {
         let entry = &d.entry;
-        let mut command = Command::new("sh");
+        let mut command = match &self.argv {
+            Some(argv) => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(&self.command);
+                c
+            }
+        };
         #[cfg(unix)]
         command.process_group(0);
         // A partitioned stream: the logical stream's name, the partition's
         // index in the environment and the input line.
-        let partition = self
-            .logical
-            .as_ref()
-            .and_then(|l| Some((l.stream.as_str(), *l.index.get(&*entry.stream)?)));
+        let partition = self.logical.as_ref().and_then(|l| l.of(entry));
         if let Some((_, i)) = partition {
             command
                 .env("STREAMBUS_PARTITION", i.to_string())
                 .env("STREAMBUS_PARTITION_KEY", &*entry.stream);
         }
         let mut child = match command
-            .arg("-c")
-            .arg(&self.command)
             .env(
                 "STREAMBUS_STREAM",
                 partition.map_or(&*entry.stream, |(s, _)| s),
@@ -242,14 +188,10 @@ impl Exec {
             .spawn()
         {
             Ok(child) => child,
-            Err(e) => return Outcome::retry(format!("cannot run sh -c: {e}")),
+            Err(e) => return Outcome::retry(format!("cannot run {}: {e}", self.shown())),
         };
         let mut group = KillGroupOnDrop(child.id());
-        let mut input = match partition {
-            Some((stream, i)) => crate::output::partition_entry_json(entry, stream, i).to_string(),
-            None => entry.to_json().to_string(),
-        };
-        input.push('\n');
+        let input = runner::input_line(entry, partition, None);
         let stdin = child.stdin.take();
         let stderr = child.stderr.take();
         let feed = async move {
@@ -402,6 +344,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plain_commands_run_without_a_shell() {
+        let words = |c: &str| plain_words(c).map(|w| w.join("|"));
+        assert_eq!(words("true").as_deref(), Some("true"));
+        assert_eq!(
+            words("  cat --number=1  x ").as_deref(),
+            Some("cat|--number=1|x")
+        );
+        assert_eq!(words("/bin/sh -e x.sh").as_deref(), Some("/bin/sh|-e|x.sh"));
+        for shell in [
+            "",
+            "exit 65",
+            "cd /tmp",
+            "no-such-program-here x",
+            "./not-here",
+            "cat > out",
+            "a | b",
+            "echo $HOME",
+            "echo 'x'",
+            "ls *.json",
+            "cd ~",
+            "A=1 cmd",
+            "a && b",
+            "a; b",
+            "echo \"x\"",
+            "a\tb",
+            "f(x)",
+        ] {
+            assert_eq!(words(shell), None, "{shell:?}");
+        }
+    }
+
+    #[test]
     fn exit_codes_decide_the_outcome() {
         assert_eq!(outcome(Some(0), None, Some("noise")), Outcome::Ack);
         assert_eq!(
@@ -438,16 +412,5 @@ mod tests {
         assert_eq!(l.get().map(|s| s.len()), Some(MAX_REASON_LINE));
         l.push(b"\nlast\r\n");
         assert_eq!(l.get().as_deref(), Some("last"));
-    }
-
-    #[test]
-    fn summary_mentions_unfinished_only_when_some() {
-        let mut r = WorkerReport::default();
-        assert_eq!(
-            summary(&r),
-            "delivered 0, acked 0, retried 0, dead-lettered 0, reclaimed 0"
-        );
-        r.unfinished = 2;
-        assert!(summary(&r).ends_with(", unfinished 2 (left pending)"));
     }
 }
