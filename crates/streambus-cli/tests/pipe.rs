@@ -12,19 +12,10 @@ use std::time::Duration;
 
 use streambus_testkit::RedisServer;
 
-use common::{ok, pending, run, run_with, sb_redis, text, wait, wait_until, xlen};
+use common::data::{pending, publish_n, xlen};
+use common::{ok, run, sb_redis, sigterm, text, wait, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Publishes `{"n": i}` for i in 0..n from stdin.
-fn publish_n(server: &RedisServer, stream: &str, n: u32) {
-    let lines: String = (0..n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-    ok(&run_with(
-        sb_redis(server, &["publish", stream]),
-        lines.as_bytes(),
-        DEADLINE,
-    ));
-}
 
 /// Writes a Python handler into `dir`: `body` runs per entry with `e` (the
 /// entry's line), `n` (its payload's n), `i` (its entry id) and `log` (a file
@@ -86,7 +77,7 @@ fn pipe_args<'a>(stream: &'a str, cmd: &'a str, count: &'a str) -> Vec<&'a str> 
 fn answers_ack_retry_and_dead_letter_entries_in_any_order() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    publish_n(&server, "p:s", 300);
+    publish_n(&server, "p:s", 0..300);
     // Every 50th is poison; every 7th fails once and asks for a retry. Answers
     // are held back and written three at a time in reverse order (or when no
     // more input is ready), so they come out of order.
@@ -146,7 +137,7 @@ while True:
 fn a_command_that_crashes_is_restarted_and_its_entries_retried() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    publish_n(&server, "p:crash", 200);
+    publish_n(&server, "p:crash", 0..200);
     // The first delivery of entry 42 kills the command while it holds the
     // entries after it too (they are in its stdin, unanswered).
     let cmd = handler(
@@ -177,7 +168,7 @@ print(f"ack {i}", flush=True)"#,
 fn a_command_that_writes_garbage_is_restarted_and_nothing_is_acked_by_guess() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    publish_n(&server, "p:junk", 100);
+    publish_n(&server, "p:junk", 0..100);
     let marker = dir.path().join("spoke");
     // The first copy prints a log line to stdout instead of stderr once, then
     // would ack; the copy that replaces it behaves.
@@ -215,7 +206,7 @@ print(f"ack {{i}}", flush=True)"#,
 fn an_answer_for_an_entry_it_does_not_hold_is_an_error_too() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    publish_n(&server, "p:wrong", 20);
+    publish_n(&server, "p:wrong", 0..20);
     let marker = dir.path().join("lied");
     let cmd = handler(
         dir.path(),
@@ -245,7 +236,7 @@ print(f"ack {{i}}", flush=True)"#,
 fn shutdown_lets_the_command_answer_then_closes_its_input() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    publish_n(&server, "p:stop", 50);
+    publish_n(&server, "p:stop", 0..50);
     let eof = dir.path().join("eof");
     // Slow answers; "eof" is written when the command sees the end of its input.
     let script = format!(
@@ -282,11 +273,7 @@ open({eof:?}, "w").write("eof")
     wait_until(DEADLINE, "some entries acknowledged", || {
         xlen(&server, "p:stop") == 50 && pending(&server, "p:stop", "g") < 50 && acked(&server) >= 3
     });
-    // SAFETY: kill(2) with a pid we own.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    sigterm(&child);
     let o = wait(child, DEADLINE);
     let err = text(&o.stderr);
     assert!(o.status.success(), "{err}");
