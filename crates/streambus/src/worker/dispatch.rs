@@ -145,22 +145,31 @@ impl<H: Handler> Shared<H> {
             permit,
             mark,
         };
-        if self.options.ordered_by_key {
-            if let Some(key) = job.delivery.entry.fields.get_str(field::KEY) {
-                let key = key.to_owned();
-                {
-                    let mut keyed = lock(&self.keyed);
-                    if let Some(queue) = keyed.get_mut(&key) {
-                        queue.push_back(job);
-                        return;
-                    }
-                    keyed.insert(key.clone(), VecDeque::new());
+        // Sequential: one queue for all (the empty key); by key: one per key.
+        let key = if self.sequential {
+            Some(String::new())
+        } else if self.options.ordered_by_key {
+            job.delivery
+                .entry
+                .fields
+                .get_str(field::KEY)
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            {
+                let mut keyed = lock(&self.keyed);
+                if let Some(queue) = keyed.get_mut(&key) {
+                    queue.push_back(job);
+                    return;
                 }
-                let this = self.clone();
-                self.tasks
-                    .spawn(async move { this.run_key(key, job).await });
-                return;
+                keyed.insert(key.clone(), VecDeque::new());
             }
+            let this = self.clone();
+            self.tasks
+                .spawn(async move { this.run_key(key, job).await });
+            return;
         }
         let this = self.clone();
         self.tasks.spawn(async move { this.process(job).await });
@@ -178,7 +187,7 @@ impl<H: Handler> Shared<H> {
         entries: Vec<Entry>,
         permits: &mut Vec<OwnedSemaphorePermit>,
     ) {
-        if self.options.ordered_by_key {
+        if self.options.ordered_by_key || self.sequential {
             for entry in entries {
                 let Some(permit) = permits.pop() else { break };
                 self.dispatch(
@@ -326,9 +335,11 @@ impl<H: Handler> Shared<H> {
             }
             r = run => r,
         };
-        self.metrics
-            .handler_seconds
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.handler_seconds.record(took.as_secs_f64());
+        if self.sequential {
+            self.note_pace(took);
+        }
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(panic) => {

@@ -10,7 +10,10 @@
 //! - **Reading** (`read`): a permit per in-flight entry (`concurrency`), taken
 //!   *before* reading, so a read never fetches more than there is room for
 //!   (`XREADGROUP COUNT <free permits>`), on a blocking connection of its own;
-//!   with a backlog, the next read is sent before the last one's reply is taken.
+//!   with a backlog, the next read is sent before the last one's reply is taken
+//!   (unless entries must stay in stream order). With `concurrency: 1` the
+//!   permits are a read-ahead instead, sized from the handler's pace (see
+//!   [`WorkerOptions::concurrency`]), and every entry goes through one queue.
 //! - **Handling** (`dispatch`): the entries of one read are spread over at most
 //!   one task per CPU, each running its entries concurrently. A panic anywhere
 //!   in the handler (in its future, or in a closure before it returns one) is
@@ -206,6 +209,16 @@ impl Worker {
         // The reclaim loop takes own pending entries back, with delivery counts.
         consumer.skip_own_pending();
 
+        // With concurrency 1 the entries are handled one after another, in
+        // stream order, from a read-ahead of up to batch_size entries (see
+        // `Shared::note_pace`); otherwise a permit is an entry being
+        // handled.
+        let sequential = o.concurrency == 1;
+        let permit_total = if sequential {
+            o.batch_size
+        } else {
+            o.concurrency
+        };
         let labels = [
             ("stream", self.stream.clone()),
             ("group", self.group.clone()),
@@ -217,7 +230,16 @@ impl Worker {
             group: self.group.clone(),
             consumer: self.consumer.clone(),
             options: self.options.clone(),
-            permits: Arc::new(Semaphore::new(o.concurrency)),
+            // Sequential: the read-ahead allowance starts at 1 and grows
+            // with the handler's measured pace.
+            permits: Arc::new(Semaphore::new(if sequential { 1 } else { permit_total })),
+            permit_total,
+            sequential,
+            read_ahead: Mutex::new(ReadAhead {
+                capacity: 1,
+                target: 1,
+                pace_ns: 0,
+            }),
             in_flight: Arc::default(),
             retry_schedule: Mutex::default(),
             keyed: Mutex::new(HashMap::new()),
@@ -318,8 +340,16 @@ struct Shared<H> {
     group: String,
     consumer: String,
     options: WorkerOptions,
-    /// One permit per entry being handled (bounded concurrency).
+    /// One permit per entry read and not yet done with: being handled
+    /// (bounded concurrency), or, with `sequential`, waiting its turn.
     permits: Arc<Semaphore>,
+    /// The number of permits.
+    permit_total: usize,
+    /// Concurrency 1: every entry (read or reclaimed) runs in one queue, one
+    /// at a time, in the order it came; reads fetch ahead of the handler.
+    sequential: bool,
+    /// With `sequential`: the size of `permits` and what it should be.
+    read_ahead: Mutex<ReadAhead>,
     /// Entries this process handles right now, from dispatch until acknowledged,
     /// dead-lettered or handed back for retry. The reclaim loop never touches
     /// them. Each mark is held by a drop guard ([`dispatch::Mark`]).
@@ -343,6 +373,17 @@ struct Shared<H> {
     /// unfinished handlers are dropped.
     hard_stop: CancellationToken,
     metrics: Metrics,
+}
+
+/// The read-ahead of a sequential worker (see `Shared::note_pace`).
+struct ReadAhead {
+    /// Permits the semaphore has now.
+    capacity: usize,
+    /// Permits it should have; extra ones are forgotten as they come back.
+    target: usize,
+    /// The handler's recent time per entry (an average), in nanoseconds; 0
+    /// before the first.
+    pace_ns: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

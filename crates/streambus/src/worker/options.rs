@@ -11,6 +11,13 @@ use crate::id::StartId;
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// Entries handled at the same time.
+    ///
+    /// With 1, entries are handled one after another in stream order, and the
+    /// worker reads ahead of the handler (one read per batch, not per entry):
+    /// it holds at most as many entries as the handler, at its recent pace,
+    /// finishes within half of `visibility_timeout`, between 1 and
+    /// `batch_size`. A crash leaves the entries read and not handled pending,
+    /// to be redelivered.
     pub concurrency: usize,
     /// Most entries fetched by one read (never more than free `concurrency`).
     pub batch_size: usize,

@@ -12,7 +12,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::warn;
 
 use super::maintenance::ReclaimCursor;
-use super::{bump, Shared};
+use super::{bump, lock, Shared};
 use crate::admin::group;
 use crate::backoff::Jitter;
 use crate::claim::ClaimPolicy;
@@ -65,11 +65,12 @@ impl<H: Handler> Shared<H> {
         let mut ahead: Option<Ahead> = None;
         // The last read came back full: the stream most likely has more.
         let mut backlog = false;
-        let half_batch = (o.batch_size.min(o.concurrency) / 2).max(1);
+        let half_batch = (o.batch_size.min(self.permit_total) / 2).max(1);
         // Reads sent ahead alternate between two connections, unless entries
         // must reach the handler in stream order (`ordered_by_key`): the
         // replies of two connections may be served in either order.
-        let two_connections = !o.ordered_by_key;
+        let ordered = o.ordered_by_key || self.sequential;
+        let two_connections = !ordered;
         let mut on_shared = false;
         let flip = |on_shared: &mut bool| {
             *on_shared = two_connections && !*on_shared;
@@ -77,7 +78,13 @@ impl<H: Handler> Shared<H> {
         };
         loop {
             let (read, mut permits, requested) = if let Some(sent) = ahead.take() {
-                if backlog && !shutdown.is_cancelled() && Instant::now() < reclaim.next_at {
+                // In stream order, one read at a time: two reads sent by two
+                // tasks may reach Redis in either order.
+                if backlog
+                    && !ordered
+                    && !shutdown.is_cancelled()
+                    && Instant::now() < reclaim.next_at
+                {
                     let mut permits = Vec::new();
                     self.take_free_permits(&mut permits);
                     if permits.len() < half_batch {
@@ -113,6 +120,9 @@ impl<H: Handler> Shared<H> {
                 };
                 let mut permits = vec![first];
                 self.take_free_permits(&mut permits);
+                if permits.is_empty() {
+                    continue;
+                }
                 if permits.len() < half_batch {
                     // Few permits free: the handlers of the last read are most
                     // likely about to finish (a quick handler takes microseconds, a
@@ -246,6 +256,46 @@ impl<H: Handler> Shared<H> {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
             }
+        }
+        self.shed(permits);
+    }
+
+    /// With `sequential`: gives up permits beyond the read-ahead allowance
+    /// (forgotten, so that the semaphore shrinks to it).
+    fn shed(&self, permits: &mut Vec<OwnedSemaphorePermit>) {
+        if !self.sequential {
+            return;
+        }
+        let mut ahead = lock(&self.read_ahead);
+        while ahead.capacity > ahead.target {
+            let Some(p) = permits.pop() else { break };
+            p.forget();
+            ahead.capacity -= 1;
+        }
+    }
+
+    /// With `sequential`: folds one handler run into the pace (an average
+    /// weighing the last run 1/8) and sets the read-ahead allowance from it:
+    /// as many entries as the handler, at that pace, finishes within half the
+    /// visibility timeout (so that no other consumer takes them over while
+    /// they wait), from 1 to `batch_size`. It starts at 1, before the first
+    /// entry is handled.
+    pub(super) fn note_pace(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let mut ahead = lock(&self.read_ahead);
+        ahead.pace_ns = if ahead.pace_ns == 0 {
+            took
+        } else {
+            ahead.pace_ns - ahead.pace_ns / 8 + took / 8
+        }
+        .max(1);
+        let budget = self.options.visibility_timeout.as_nanos() / 2;
+        ahead.target = usize::try_from(budget / u128::from(ahead.pace_ns))
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.permit_total);
+        if ahead.target > ahead.capacity {
+            self.permits.add_permits(ahead.target - ahead.capacity);
+            ahead.capacity = ahead.target;
         }
     }
 
