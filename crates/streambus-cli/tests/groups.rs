@@ -46,6 +46,30 @@ fn consume_count_prints_then_acknowledges() {
     assert_eq!(pending(&server, "s", "g"), 0);
 }
 
+/// A read returns what is there at once: with the default batch (1000) and a
+/// long --max-wait, an entry is printed as soon as it is published, not when
+/// a batch is full or the wait is over.
+#[test]
+fn consume_prints_what_is_there_without_waiting_to_fill_a_batch() {
+    let server = RedisServer::start();
+    publish_n(&server, "s", 0..3);
+    let args = ["consume", "s", "--group", "g", "--max-wait", "30s"];
+    let (_child, lines) = spawn_reading(sb_redis(&server, &args));
+    let started = std::time::Instant::now();
+    let first: Vec<Value> = (0..3).map(|_| lines.next()).collect();
+    assert_eq!(first.iter().map(data_n).collect::<Vec<_>>(), [0, 1, 2]);
+    publish_n(&server, "s", 3..4);
+    assert_eq!(data_n(&lines.next()), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "printed long before the 30 s max-wait: {:?}",
+        started.elapsed()
+    );
+    wait_until(DEADLINE, "all acknowledged", || {
+        pending(&server, "s", "g") == 0
+    });
+}
+
 #[test]
 fn consume_takes_back_its_own_pending_entries_first() {
     let server = RedisServer::start();

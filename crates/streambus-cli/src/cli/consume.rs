@@ -52,12 +52,13 @@ pub struct ConsumeArgs {
     pub consumer: Option<String>,
 
     /// Most entries per read [default: the group's batch_size in the topology
-    /// file, else 10].
+    /// file, else 1000 when printing, 128 with --pipe, 10 with --exec].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
 
-    /// How long one read waits to fill a batch (e.g. 500ms, 5s) [default: the
-    /// group's max_wait in the topology file, else 2s].
+    /// How long one read waits when no entry is there (e.g. 500ms, 5s); what
+    /// is there is returned at once [default: the group's max_wait in the
+    /// topology file, else 2s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_wait: Option<Duration>,
 

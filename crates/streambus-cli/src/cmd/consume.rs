@@ -42,7 +42,12 @@ use streambus::{
 use tokio_util::sync::CancellationToken;
 
 use super::retry::{pause, Outage};
-use super::settings::{self, FileGroup, BATCH_SIZE, MAX_WAIT};
+use super::settings::{self, FileGroup, MAX_WAIT};
+
+/// Default of `--batch-size` when printing: a read returns what is there at
+/// once, so a large batch costs no latency, and a pipe gets one read (and
+/// one XACK) per thousand entries instead of per ten.
+const PRINT_BATCH_SIZE: usize = 1000;
 use crate::cli::ConsumeArgs;
 use crate::output::Lines;
 use crate::shutdown;
@@ -76,7 +81,7 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
         &args,
         file,
         WorkerOptions {
-            batch_size: BATCH_SIZE,
+            batch_size: PRINT_BATCH_SIZE,
             block: MAX_WAIT,
             ..Default::default()
         },
@@ -104,12 +109,11 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
     // A read in flight is never cancelled: entries it took are delivered to this
     // consumer, so they are printed and acknowledged before we stop.
     while !stop.is_cancelled() && left != Some(0) {
-        let read = match left {
-            // Never take more than will be printed: an entry delivered and not
-            // printed would sit in this consumer's pending list.
-            Some(l) if l < batch_size as u64 => Read::Upto(l as usize, Some(max_wait)),
-            _ => Read::Batch,
-        };
+        // What is there, at once (up to batch_size), else wait up to
+        // max_wait; and never more than will be printed: an entry delivered
+        // and not printed would sit in this consumer's pending list.
+        let count = left.map_or(batch_size, |l| (l as usize).min(batch_size));
+        let read = Read::Upto(count, Some(max_wait));
         let batch = feed.read(read, &mut outage, &stop).await?;
         for entry in &batch {
             out.entry(entry)?;
@@ -177,10 +181,8 @@ async fn consume_partitions(
 /// How a [`Feed`] reads.
 #[derive(Clone, Copy)]
 enum Read {
-    /// [`Consumer::next_batch`]: up to `batch_size`, waiting up to `max_wait`
-    /// to fill it.
-    Batch,
-    /// [`Consumer::read`]: up to this many, as soon as any are there.
+    /// [`Consumer::read`]: up to this many, as soon as any are there, waiting
+    /// up to the duration (if any) while there are none.
     Upto(usize, Option<Duration>),
 }
 
@@ -244,7 +246,6 @@ impl<'a> Feed<'a> {
             return Ok(Vec::new());
         };
         let got = match read {
-            Read::Batch => consumer.next_batch().await,
             Read::Upto(count, block) => consumer.read(count, block).await,
         };
         match got {
