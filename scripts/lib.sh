@@ -30,3 +30,17 @@ ensure_redis() {
   # The package may start a system service on 6379; streambus's tests never use it.
   command -v redis-server >/dev/null 2>&1
 }
+
+# Installs python3 from the distribution's packages when missing: the tests of
+# `consume --pipe` run Python handlers, as the README shows them.
+ensure_python() {
+  command -v python3 >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "streambus: python3 is not installed and this is not a Debian/Ubuntu system; install Python 3 and run again." >&2
+    return 1
+  fi
+  echo "streambus: python3 not found; installing it from the distribution's packages" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 >/dev/null
+  command -v python3 >/dev/null 2>&1
+}
