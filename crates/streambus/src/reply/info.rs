@@ -118,6 +118,24 @@ pub(crate) fn consumers(v: Value) -> Result<Vec<ConsumerInfo>> {
         .collect()
 }
 
+/// `XINFO STREAM key` and `XINFO GROUPS key` in one round trip, parsed.
+pub(crate) async fn xinfo_stream_and_groups(
+    conn: &mut crate::connection::Connection,
+    stream: &str,
+) -> Result<(StreamInfo, Vec<crate::admin::group::GroupInfo>)> {
+    let (info, list): (Value, Value) = redis::pipe()
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(|e| Error::redis(format!("cannot inspect stream {stream:?}"), e))?;
+    Ok((stream_info(info)?, groups(list)?))
+}
+
 /// `XINFO CONSUMERS key group`, parsed.
 pub(crate) async fn xinfo_consumers(
     conn: &mut crate::connection::Connection,

@@ -210,6 +210,6 @@ fn uint(v: &Value) -> Option<u64> {
     }
 }
 
-pub(crate) use info::{consumers, groups, stream_info, xinfo_consumers};
+pub(crate) use info::{consumers, groups, xinfo_consumers, xinfo_stream_and_groups};
 pub use pending::PendingEntry;
 pub(crate) use pending::{pending_entries, pending_min_id};

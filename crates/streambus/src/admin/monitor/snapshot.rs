@@ -169,19 +169,8 @@ pub async fn snapshot(
 ) -> Result<StreamSnapshot> {
     group::require_stream(conn, stream).await?;
     let now_ms = server_time_ms(conn).await?;
-    let ctx = || format!("cannot inspect stream {stream:?}");
 
-    let (info, groups): (Value, Value) = redis::pipe()
-        .cmd("XINFO")
-        .arg("STREAM")
-        .arg(stream)
-        .cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await
-        .map_err(|e| Error::redis(ctx(), e))?;
-    let info = reply::stream_info(info)?;
+    let (info, groups) = reply::xinfo_stream_and_groups(conn, stream).await?;
     let age = |id: Option<EntryId>| id.map(|id| age_at(now_ms, id));
 
     let mut out = StreamSnapshot {
@@ -198,7 +187,7 @@ pub async fn snapshot(
         groups: Vec::new(),
     };
 
-    for g in reply::groups(groups)? {
+    for g in groups {
         if options.group.as_deref().is_some_and(|want| want != g.name) {
             continue;
         }

@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use redis::Value;
-
 use crate::admin::group;
 use crate::admin::monitor::StreamSnapshot;
 use crate::connection::Connection;
@@ -84,19 +82,9 @@ impl Sample {
 pub async fn sample(conn: &mut Connection, stream: &str, group: &str) -> Result<Sample> {
     keys::validate_name("group", group)?;
     group::require_stream(conn, stream).await?;
-    let (info, groups): (Value, Value) = redis::pipe()
-        .cmd("XINFO")
-        .arg("STREAM")
-        .arg(stream)
-        .cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await
-        .map_err(|e| Error::redis(format!("cannot inspect stream {stream:?}"), e))?;
+    let (info, groups) = reply::xinfo_stream_and_groups(conn, stream).await?;
     let at = Instant::now();
-    let info = reply::stream_info(info)?;
-    for g in reply::groups(groups)? {
+    for g in groups {
         if g.name == group {
             return Ok(Sample {
                 at,
