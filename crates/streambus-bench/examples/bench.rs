@@ -5,8 +5,9 @@
 //!     [--worker-only] [--cluster | --cluster-only] [--cluster-messages N] [--rounds N]
 //! ```
 //!
-//! It uses `target/release/streambus` for the stdin phase when it exists, and
-//! itself as the worker process for the memory figure.
+//! It uses `target/release/streambus` for the stdin and `streambus consume`
+//! phases when it exists, and itself as the worker process for the memory
+//! figure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,14 +3,17 @@
 //!
 //! One [`run`] measures, against `--redis` or a private `redis-server` it starts:
 //!
-//! - the reference: `redis-benchmark -c 1 -P 64` XADD of the same envelope
-//!   (when `redis-benchmark` is installed); every throughput is also given as a
-//!   ratio to it, because absolute figures drift ±25% between runs here;
+//! - the references: `redis-benchmark -c 1 -P 64` XADD of the same envelope
+//!   (when `redis-benchmark` is installed), and the same with `-c 50`, the
+//!   server's saturation; every throughput is also given as a ratio to each,
+//!   because absolute figures drift ±25% between runs here;
 //! - publish throughput: [`streambus::Producer::publish`] from many concurrent
 //!   callers, [`streambus::Producer::publish_batch`], and `streambus publish`
 //!   with JSON lines on stdin (when the binary is given);
 //! - consume throughput: a [`streambus::Worker`] with a no-op handler (read +
-//!   ack), at concurrency 1 and N;
+//!   ack), at concurrency 1 and N; and `streambus consume` as a child process
+//!   (when the binary is given): printing to a pipe, `--pipe` with a Python
+//!   handler, `--exec true` per entry;
 //! - end-to-end latency publish → handler (HDR histogram) at fixed rates and at
 //!   saturation;
 //! - peak resident memory of the worker and of `streambus publish`.
@@ -28,7 +31,8 @@
 //!   `phases/mod.rs` (the shared context and the phase list):
 //!   `reference` (redis-benchmark), `publish` (library and stdin), `consume`
 //!   (worker and plain loop), `memory` (the worker in its own process),
-//!   `latency`, `scaling` (the cluster comparison).
+//!   `cli_consume` (`streambus consume` as a child), `latency`, `scaling`
+//!   (the cluster comparison).
 //! - `noop`: the no-op worker every consume figure runs, and the wait until
 //!   nothing is pending.
 //! - `server`: the private `redis-server` and Redis Cluster.
@@ -66,8 +70,8 @@ pub struct BenchOptions {
     /// The `redis-benchmark` binary for the reference; `None` skips it (then no
     /// ratios). A missing binary is skipped with a note.
     pub redis_benchmark_bin: Option<String>,
-    /// The `streambus` binary, for the `streambus publish` (stdin) phase;
-    /// `None` skips it.
+    /// The `streambus` binary, for the `streambus publish` (stdin) and
+    /// `streambus consume` phases; `None` skips them.
     pub streambus_bin: Option<PathBuf>,
     /// A program that runs [`child::run_if_requested`] first (the `streambus`
     /// binary does), to run the worker in a process of its own for its memory
@@ -88,6 +92,15 @@ pub struct BenchOptions {
     pub batch_size: usize,
     /// Lines fed to `streambus publish` on stdin (each ≈ 201 bytes; 5,000,000 ≈ 1 GB).
     pub cli_messages: u64,
+    /// Entries read by `streambus consume` printing to a pipe, and by
+    /// `consume --pipe` (at most `maxlen` stay in the stream).
+    pub cli_consume_messages: u64,
+    /// Entries run by `consume --exec true --concurrency 8`: one process each,
+    /// so far fewer.
+    pub exec_messages: u64,
+    /// The Python of the `consume --pipe` handler; the phase is skipped with a
+    /// note when it does not run.
+    pub python_bin: String,
     /// Entries consumed by the worker at concurrency N (at most `maxlen` stay in the stream).
     pub consume_messages: u64,
     /// Entries consumed by the worker at concurrency 1 (slower: one entry per read).
@@ -142,6 +155,9 @@ impl Default for BenchOptions {
             batch_size: 1000,
             cli_messages: 500_000,
             consume_messages: maxlen,
+            cli_consume_messages: maxlen,
+            exec_messages: 2_000,
+            python_bin: "python3".to_owned(),
             consume_messages_single: 20_000,
             worker_concurrency: WorkerOptions::default().concurrency,
             worker: WorkerOptions::default(),
@@ -168,7 +184,8 @@ impl Default for BenchOptions {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Throughput {
     /// Stable name for machines (`publish`, `publish_batch`, `cli_publish`,
-    /// `worker_c1`, `worker_cN`, `redis_benchmark`).
+    /// `worker_c1`, `worker_cN`, `cli_consume`, `cli_consume_pipe`,
+    /// `cli_consume_exec`, `redis_benchmark`, `redis_benchmark_c50`).
     pub key: String,
     /// What was measured, for people.
     pub name: String,
@@ -181,8 +198,12 @@ pub struct Throughput {
     /// The rate of each round, in order (one entry when there was one round).
     #[serde(default)]
     pub rounds: Vec<f64>,
-    /// `rate` / the redis-benchmark reference of the same run.
+    /// `rate` / the redis-benchmark `-c 1` reference of the same run.
     pub ratio: Option<f64>,
+    /// `rate` / the redis-benchmark `-c 50` reference of the same run (the
+    /// server's saturation, what issue 15's targets are stated against).
+    #[serde(default)]
+    pub ratio_saturation: Option<f64>,
     /// Peak resident memory of whoever did the work during this phase, if
     /// measured: the largest of the rounds.
     pub peak_rss_bytes: Option<u64>,
@@ -238,8 +259,12 @@ pub struct BenchReport {
     pub redis: String,
     /// Its version (`INFO server`).
     pub redis_version: String,
-    /// redis-benchmark `-c 1 -P 64` XADD, the 1.0 of every ratio.
+    /// redis-benchmark `-c 1 -P 64` XADD, the 1.0 of every `ratio`.
     pub reference: Option<Throughput>,
+    /// redis-benchmark `-c 50 -P 64` XADD (the server's saturation), the 1.0 of
+    /// every `ratio_saturation`.
+    #[serde(default)]
+    pub saturation_reference: Option<Throughput>,
     /// Publish and consume throughputs.
     pub throughput: Vec<Throughput>,
     /// End-to-end latencies.

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::{Error, Result};
 
 /// How long a consume run may take before the bench gives up on it.
-const LIMIT: Duration = Duration::from_secs(600);
+pub(crate) const LIMIT: Duration = Duration::from_secs(600);
 
 /// A handler that acknowledges every delivery, and the signal it gives when
 /// the `messages`-th one is handled.

@@ -9,12 +9,13 @@ const MIB: u64 = 1024 * 1024;
 
 /// The targets of the issue, each against this run's figure.
 pub(crate) fn targets(r: &BenchReport) -> Vec<Target> {
-    let ratio = |key: &str| r.throughput.iter().find(|t| t.key == key)?.ratio;
-    let rss = |key: &str| r.throughput.iter().find(|t| t.key == key)?.peak_rss_bytes;
+    let row = |key: &str| r.throughput.iter().find(|t| t.key == key);
+    let ratio = |key: &str| row(key)?.ratio;
+    let saturation = |key: &str| row(key)?.ratio_saturation;
+    let rss = |key: &str| row(key)?.peak_rss_bytes;
     let lat = |key: &str| r.latency.iter().find(|l| l.key == key);
     let mut out = Vec::new();
-    let mut ratio_target = |what: &str, key: &str, goal: f64| {
-        let v = ratio(key);
+    let mut ratio_target = |what: &str, v: Option<f64>, goal: f64| {
         out.push(Target {
             what: what.into(),
             goal: format!("≥ {goal}"),
@@ -22,17 +23,56 @@ pub(crate) fn targets(r: &BenchReport) -> Vec<Target> {
             met: v.map(|v| v >= goal),
         });
     };
-    ratio_target("publish (library) / redis-benchmark", "publish", 0.9);
     ratio_target(
-        "streambus publish (stdin) / redis-benchmark",
-        "cli_publish",
+        "publish (library) / redis-benchmark -c 1",
+        ratio("publish"),
+        0.9,
+    );
+    ratio_target(
+        "streambus publish (stdin) / redis-benchmark -c 1",
+        ratio("cli_publish"),
         0.6,
     );
     ratio_target(
-        "worker read+ack, concurrency N / redis-benchmark",
-        "worker_cN",
+        "worker read+ack, concurrency N / redis-benchmark -c 1",
+        ratio("worker_cN"),
         0.55,
     );
+    // Issue 15's, against the server's saturation (redis-benchmark -c 50).
+    for (what, key, goal) in [
+        ("publish (library)", "publish", 0.8),
+        ("publish_batch (library)", "publish_batch", 0.8),
+        ("streambus publish (stdin)", "cli_publish", 0.7),
+        ("worker read+ack, concurrency N", "worker_cN", 0.6),
+        ("worker read+ack, concurrency 1", "worker_c1", 0.25),
+        ("streambus consume > pipe", "cli_consume", 0.4),
+    ] {
+        ratio_target(
+            &format!("{what} / redis-benchmark -c 50"),
+            saturation(key),
+            goal,
+        );
+    }
+    for (what, key, goal) in [
+        (
+            "streambus consume --pipe, Python handler",
+            "cli_consume_pipe",
+            50_000.0,
+        ),
+        (
+            "streambus consume --exec true --concurrency 8",
+            "cli_consume_exec",
+            2_000.0,
+        ),
+    ] {
+        let v = row(key).map(|t| t.rate);
+        out.push(Target {
+            what: what.into(),
+            goal: format!("≥ {}/s", fmt_rate(goal)),
+            value: v.map_or("-".into(), |v| format!("{}/s", fmt_rate(v))),
+            met: v.map(|v| v >= goal),
+        });
+    }
     let mut ms_target = |what: &str, v: Option<f64>, goal: f64| {
         out.push(Target {
             what: what.into(),
@@ -89,25 +129,29 @@ pub(crate) fn table(r: &BenchReport) -> String {
     s.push('\n');
     let standard = r.reference.is_some() || !r.throughput.is_empty() || !r.latency.is_empty();
     if standard {
-        let mut rows: Vec<[String; 6]> = vec![[
+        let mut rows: Vec<[String; 7]> = vec![[
             "throughput".into(),
             "messages".into(),
             "msg/s".into(),
             "rounds, msg/s".into(),
-            "ratio".into(),
+            "× -c 1".into(),
+            "× -c 50".into(),
             "peak RSS".into(),
         ]];
-        for t in r.reference.iter().chain(&r.throughput) {
+        let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        let references = r.reference.iter().chain(&r.saturation_reference);
+        for t in references.chain(&r.throughput) {
             rows.push([
                 t.name.clone(),
                 t.messages.to_string(),
                 fmt_rate(t.rate),
                 rounds(&t.rounds),
-                t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                ratio(t.ratio),
+                ratio(t.ratio_saturation),
                 t.peak_rss_bytes.map_or("-".into(), mib),
             ]);
         }
-        grid(&mut s, &rows, &[false, true, true, true, true, true]);
+        grid(&mut s, &rows, &[false, true, true, true, true, true, true]);
         s.push('\n');
         let mut rows: Vec<[String; 7]> = vec![[
             "latency publish → handler".into(),

@@ -41,6 +41,13 @@ async fn tiny_bench_reports_sane_figures() {
         assert!(reference.rate > 0.0);
         assert!(report.throughput.iter().all(|t| t.ratio.is_some()));
     }
+    if let Some(saturation) = &report.saturation_reference {
+        assert!(saturation.rate > 0.0);
+        assert!(report
+            .throughput
+            .iter()
+            .all(|t| t.ratio_saturation.is_some()));
+    }
     assert_eq!(report.latency.len(), 2, "{:?}", report.latency);
     for l in &report.latency {
         assert!(l.count > 0, "{l:?}");
@@ -51,9 +58,10 @@ async fn tiny_bench_reports_sane_figures() {
         );
         assert!(l.achieved_rate > 0.0, "{l:?}");
     }
-    // Every target has a row; the CLI phase did not run without a binary.
-    assert_eq!(report.targets.len(), 8);
+    // Every target has a row; the CLI phases did not run without a binary.
+    assert_eq!(report.targets.len(), 16);
     assert!(report.notes.iter().any(|n| n.contains("streambus publish")));
+    assert!(report.notes.iter().any(|n| n.contains("streambus consume")));
 
     let table = report.table();
     assert!(table.contains("publish → handler at 2000 msg/s"), "{table}");

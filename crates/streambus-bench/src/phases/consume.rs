@@ -11,25 +11,10 @@ use std::time::Instant;
 
 use streambus::WorkerOptions;
 
-use super::{memory, messages_for, producer, throughput_row, Ctx};
+use super::{fill, memory, throughput_row, Ctx};
 use crate::noop;
 use crate::sys;
 use crate::{Error, Result, Throughput};
-
-/// Fills a stream with exactly `n` messages (not timed).
-async fn fill(ctx: &mut Ctx<'_>, name: &str, n: u64) -> Result<String> {
-    let stream = ctx.key(name);
-    ctx.say(&format!("  filling {name} with {n} messages"));
-    let producer = producer(ctx).await?;
-    let mut seq = 0;
-    while seq < n {
-        let end = (seq + 1000).min(n);
-        let messages = messages_for(seq..end)?;
-        producer.publish_batch(&stream, messages).await?;
-        seq = end;
-    }
-    Ok(stream)
-}
 
 /// The worker with a no-op handler (read + ack) over a full stream.
 pub(super) async fn consume(ctx: &mut Ctx<'_>) -> Result<Vec<Throughput>> {

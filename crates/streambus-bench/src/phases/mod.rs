@@ -1,10 +1,11 @@
 //! The measurements, run in a fixed order by [`run_all`]: one file per kind of
 //! phase, and here what they share.
 //!
-//! Each round of [`measure`] runs, one after the other, the redis-benchmark
-//! [`reference`](mod@reference), the library and CLI [`publish`] phases and
-//! the [`consume`] phases (with the worker's memory in its own process,
-//! [`memory`]); the rounds' medians are the throughput rows. Then come the
+//! Each round of [`measure`] runs, one after the other, the two redis-benchmark
+//! [`reference`](mod@reference)s (`-c 1` and `-c 50`), the library and CLI
+//! [`publish`] phases, the [`consume`] phases (with the worker's memory in its
+//! own process, [`memory`]) and the `streambus consume` phases
+//! ([`cli_consume`]); the rounds' medians are the throughput rows. Then come the
 //! [`latency`] phases, and last, when asked for, the cluster comparison
 //! ([`scaling`]).
 //!
@@ -26,6 +27,7 @@ use crate::server::EmbeddedServer;
 use crate::sys::{self, secs};
 use crate::{BenchOptions, BenchReport, Error, Latency, Result, Throughput};
 
+mod cli_consume;
 mod consume;
 mod latency;
 mod memory;
@@ -102,16 +104,17 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
     // though it goes away anyway).
     drop_keys(&mut ctx).await;
     drop(server);
-    let (reference, throughput, latency) = measured?;
+    let measured = measured?;
     let scaling = scaling?;
     let mut report = BenchReport {
         date,
         machine,
         redis: shown,
         redis_version,
-        reference,
-        throughput,
-        latency,
+        reference: measured.reference,
+        saturation_reference: measured.saturation,
+        throughput: measured.throughput,
+        latency: measured.latency,
         targets: Vec::new(),
         notes: ctx.notes,
         scaling,
@@ -120,42 +123,65 @@ pub(crate) async fn run_all(opts: BenchOptions, progress: &dyn Fn(&str)) -> Resu
     Ok(report)
 }
 
-type Measured = (Option<Throughput>, Vec<Throughput>, Vec<Latency>);
+/// What [`measure`] gives the report.
+#[derive(Default)]
+struct Measured {
+    /// redis-benchmark `-c 1 -P 64`: the 1.0 of `ratio`.
+    reference: Option<Throughput>,
+    /// redis-benchmark `-c 50 -P 64`: the 1.0 of `ratio_saturation`.
+    saturation: Option<Throughput>,
+    throughput: Vec<Throughput>,
+    latency: Vec<Latency>,
+}
 
-/// The phase list: the rounds of the reference and the throughput phases, then
-/// the latency phases.
+/// The phase list: the rounds of the references and the throughput phases,
+/// then the latency phases.
 async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
     if ctx.opts.cluster_only {
-        return Ok((None, Vec::new(), Vec::new()));
+        return Ok(Measured::default());
     }
     let rounds = ctx.opts.rounds.max(1);
     let mut references = Vec::new();
+    let mut saturations = Vec::new();
     let mut measured: Vec<Vec<Throughput>> = Vec::new();
     for round in 1..=rounds {
         if rounds > 1 {
             ctx.say(&format!("round {round} of {rounds}"));
         }
         let mut rows = Vec::new();
-        if let Some(r) = reference::reference(ctx).await {
+        if let Some(r) = reference::reference(ctx, reference::ONE).await {
             references.push(r);
+            // Not tried when the first failed: the same cause, a second note.
+            if let Some(r) = reference::reference(ctx, reference::SATURATION).await {
+                saturations.push(r);
+            }
         }
         rows.push(publish::publish_concurrent(ctx).await?);
         rows.push(publish::publish_batches(ctx).await?);
         rows.extend(publish::cli_publish(ctx).await?);
         rows.extend(consume::consume(ctx).await?);
+        rows.extend(cli_consume::cli_consume(ctx).await?);
         // Keys of a round are not needed by the next: drop them now, so the
         // server's memory stays that of one round.
         drop_keys(ctx).await;
         measured.push(rows);
     }
-    let reference = median(references);
+    let mut reference = median(references);
+    let mut saturation = median(saturations);
     let base = reference.as_ref().map(|r| r.rate);
+    let top = saturation.as_ref().map(|r| r.rate);
+    let with_ratios = |mut t: Throughput| {
+        t.ratio = base.map(|b| t.rate / b);
+        t.ratio_saturation = top.map(|s| t.rate / s);
+        t
+    };
+    reference = reference.map(with_ratios);
+    saturation = saturation.map(with_ratios);
     let mut throughput = Vec::new();
     for i in 0..measured[0].len() {
         let runs = measured.iter().filter_map(|r| r.get(i).cloned()).collect();
-        if let Some(mut t) = median(runs) {
-            t.ratio = base.map(|b| t.rate / b);
-            throughput.push(t);
+        if let Some(t) = median(runs) {
+            throughput.push(with_ratios(t));
         }
     }
     if rounds > 1 {
@@ -172,7 +198,12 @@ async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
     if ctx.opts.saturation {
         latency.push(latency::latency_phase(ctx, None).await?);
     }
-    Ok((reference, throughput, latency))
+    Ok(Measured {
+        reference,
+        saturation,
+        throughput,
+        latency,
+    })
 }
 
 /// The run with the median rate (the lower one of the middle two for an even
@@ -217,6 +248,21 @@ async fn producer(ctx: &Ctx<'_>) -> streambus::Result<Producer> {
     Producer::new(&ctx.client, ctx.opts.producer.clone()).await
 }
 
+/// Fills a stream with exactly `n` messages (not timed), for a consume phase.
+async fn fill(ctx: &mut Ctx<'_>, name: &str, n: u64) -> Result<String> {
+    let stream = ctx.key(name);
+    ctx.say(&format!("  filling {name} with {n} messages"));
+    let producer = producer(ctx).await?;
+    let mut seq = 0;
+    while seq < n {
+        let end = (seq + 1000).min(n);
+        let messages = messages_for(seq..end)?;
+        producer.publish_batch(&stream, messages).await?;
+        seq = end;
+    }
+    Ok(stream)
+}
+
 /// The reference payload as a message, stamped with its send time now.
 fn message(seq: u64) -> Result<Message> {
     Ok(Message::json_text(payload::data(now_ns(), seq))?)
@@ -247,6 +293,7 @@ fn throughput_row(
         rate,
         rounds: vec![rate],
         ratio: None,
+        ratio_saturation: None,
         peak_rss_bytes,
         rss_note: peak_rss_bytes.map(|_| rss_note.to_owned()),
     }
