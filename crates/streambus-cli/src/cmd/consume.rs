@@ -264,10 +264,13 @@ impl<'a> Feed<'a> {
     /// printed before (see [`Feed::unacked`], [`Feed::skip_through`]).
     fn sort_out(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
         let mut print = Vec::with_capacity(entries.len());
+        // Ids still to acknowledge from before (a failed acknowledgement, then a
+        // re-read): usually none. A read has no duplicates of its own.
+        let earlier: std::collections::HashSet<EntryId> = self.unacked.iter().copied().collect();
         for entry in entries {
-            let again = self.unacked.contains(&entry.id)
-                || self.skip_through.is_some_and(|s| entry.id <= s);
-            if !self.unacked.contains(&entry.id) {
+            let seen = earlier.contains(&entry.id);
+            let again = seen || self.skip_through.is_some_and(|s| entry.id <= s);
+            if !seen {
                 self.unacked.push(entry.id);
             }
             if again {
