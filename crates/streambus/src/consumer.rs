@@ -284,6 +284,21 @@ impl Consumer {
         self.reader(false).ack_then_read(ack_ids, count).await
     }
 
+    /// Acknowledges `ack_ids` and returns up to `count` entries that are
+    /// there now, without waiting, in one round trip (`XACK` and
+    /// `XREADGROUP` pipelined): for a loop that handles a batch, then
+    /// acknowledges it and reads the next. While own pending entries are
+    /// re-read first ([`Consumer::is_recovering`]), it acknowledges, then
+    /// reads, in two. On an error the acknowledgements may or may not have
+    /// been applied: send them again (XACK is idempotent).
+    pub async fn ack_and_read(&mut self, ack_ids: &[EntryId], count: usize) -> Result<Vec<Entry>> {
+        if self.is_recovering() {
+            self.ack(ack_ids).await?;
+            return self.read(count, None).await;
+        }
+        self.ack_then_read(ack_ids, count).await
+    }
+
     /// A handle that sends non-blocking reads of new entries (with
     /// acknowledgements) on this consumer's read connection without borrowing
     /// the consumer, so that a worker can have a second read under way while it
@@ -402,10 +417,21 @@ impl Reader {
             &self.stream,
             ">",
         ));
-        let (v,): (Value,) = pipe
-            .query_async(&mut self.conn)
-            .await
-            .map_err(|e| read_error(&self.stream, &self.group, &self.name, e))?;
+        let (v,): (Value,) = pipe.query_async(&mut self.conn).await.map_err(|e| {
+            if ack_ids.is_empty() {
+                read_error(&self.stream, &self.group, &self.name, e)
+            } else {
+                Error::redis(
+                    format!(
+                        "cannot acknowledge {} entries of stream {:?} (group {:?}) and read the next",
+                        ack_ids.len(),
+                        &*self.stream,
+                        &*self.group
+                    ),
+                    e,
+                )
+            }
+        })?;
         reply::read_one(&self.stream, v)
     }
 }

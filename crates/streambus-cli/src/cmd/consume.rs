@@ -118,10 +118,11 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
         for entry in &batch {
             out.entry(entry)?;
         }
+        // Printed and flushed: the next read acknowledges them.
         out.flush()?;
-        feed.ack(&mut outage, &stop).await?;
         left = left.map(|l| l.saturating_sub(batch.len() as u64));
     }
+    feed.ack(&mut outage, &stop).await?;
     Ok(())
 }
 
@@ -242,12 +243,32 @@ impl<'a> Feed<'a> {
         outage: &mut Outage,
         stop: &CancellationToken,
     ) -> Result<Vec<Entry>> {
-        let Some(consumer) = self.consumer(outage, stop).await? else {
-            return Ok(Vec::new());
+        let Read::Upto(count, block) = read;
+        // The acknowledgements of what was printed (and flushed) go with the
+        // next read, in one round trip; only when that finds nothing does a
+        // blocking read follow. They are put back if the round trip fails.
+        let acks = std::mem::take(&mut self.unacked);
+        let ready = self.consumer(outage, stop).await.map(|c| c.is_some());
+        let consumer = match (ready, self.consumer.as_mut()) {
+            (Ok(true), Some(c)) => c,
+            (ready, _) => {
+                self.unacked = acks;
+                ready?;
+                return Ok(Vec::new());
+            }
         };
-        let got = match read {
-            Read::Upto(count, block) => consumer.read(count, block).await,
+        let (got, acks) = if acks.is_empty() {
+            (consumer.read(count, block).await, acks)
+        } else {
+            match consumer.ack_and_read(&acks, count).await {
+                Ok(entries) if entries.is_empty() && block.is_some() => {
+                    (consumer.read(count, block).await, Vec::new())
+                }
+                Ok(entries) => (Ok(entries), Vec::new()),
+                Err(e) => (Err(e), acks),
+            }
         };
+        self.unacked = acks;
         match got {
             Ok(entries) => {
                 outage.ok();
