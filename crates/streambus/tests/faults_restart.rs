@@ -30,8 +30,17 @@ async fn worker_and_producer_survive_a_redis_crash_with_aof() {
     run.handled_at_least(200).await;
     redis.kill();
     let down = Instant::now();
-    // A restart takes a moment: publishes wait meanwhile (publish_timeout).
-    tokio::time::sleep(Duration::from_secs(1)).await; // the outage's length
+    // Redis stays down until the clients have noticed and have dialed again
+    // and again (six new connections through the proxy, each closed for want
+    // of Redis, through the reconnect backoff): publishes wait meanwhile
+    // (publish_timeout).
+    let accepted = proxy.connections_accepted();
+    streambus_testkit::wait::wait_for(
+        Duration::from_secs(15),
+        "the worker dialing a dead Redis",
+        || std::future::ready(proxy.connections_accepted() >= accepted + 6),
+    )
+    .await;
     redis.restart();
     let healed = Instant::now();
     eprintln!("redis down for {:?}", healed - down);

@@ -30,15 +30,29 @@ async fn worker_survives_a_black_hole_and_heals_on_new_connections() {
     let run = Run::start("bh", &proxy, &redis.url(), 1500, 500).await;
     run.handled_at_least(200).await;
     proxy.black_hole();
+    let cut = Instant::now();
     let before = run.handled_count();
-    tokio::time::sleep(Duration::from_secs(3)).await; // the fault's length, not a wait for a condition
+    // The outage lasts until the worker has found its silent sockets dead and
+    // is dialing again into the black hole (two new connections: it is in its
+    // reconnect loop), not for a fixed time.
+    let accepted = proxy.connections_accepted();
+    streambus_testkit::wait::wait_for(
+        Duration::from_secs(15),
+        "the worker dialing into the black hole",
+        || std::future::ready(proxy.connections_accepted() >= accepted + 2),
+    )
+    .await;
     assert!(
         run.handled_count() <= before + 16,
         "nothing is handled through a black hole"
     );
     proxy.heal();
     let healed = Instant::now();
-    run.finish(&redis.url(), healed, "black hole 3 s").await;
+    let what = format!(
+        "black hole of {:?} (until two dials went into it)",
+        healed - cut
+    );
+    run.finish(&redis.url(), healed, &what).await;
 }
 
 /// The promise of the README with the default settings: working again within
