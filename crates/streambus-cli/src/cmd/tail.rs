@@ -136,7 +136,9 @@ pub async fn run(client: &Client, args: TailArgs, topology: Option<&Topology>) -
     }
 
     // It dials anew by itself after a failure (see `streambus::Connection`).
-    let mut blocking = client.connect_blocking(BLOCK).await?;
+    let Some(mut blocking) = connect_following(client, &mut outage, &stop).await? else {
+        return Ok(());
+    };
     loop {
         let page = left.map_or(PAGE, |l| l.min(PAGE));
         if page == 0 {
@@ -167,6 +169,27 @@ pub async fn run(client: &Client, args: TailArgs, topology: Option<&Topology>) -
         }
         out.flush()?;
         left = left.map(|l| l - entries.len() as u64);
+    }
+}
+
+/// The blocking connection of a follow, once the history is printed: Redis
+/// going away just then is waited out like any later fault (`None` if stopped
+/// meanwhile); only a permanent failure is an error.
+async fn connect_following(
+    client: &Client,
+    outage: &mut Outage,
+    stop: &CancellationToken,
+) -> Result<Option<streambus::Connection>> {
+    loop {
+        match client.connect_blocking(BLOCK).await {
+            Ok(conn) => return Ok(Some(conn)),
+            Err(e) if e.is_retryable() => {
+                if !pause(outage.failed(&e), stop).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -276,7 +299,9 @@ async fn run_partitioned(client: &Client, args: TailArgs, partitions: Partitions
     // Owned here: the readers are aborted when tail returns.
     let mut readers = JoinSet::new();
     for (i, key) in keys.iter().enumerate() {
-        let blocking = client.connect_blocking(BLOCK).await?;
+        let Some(blocking) = connect_following(client, &mut outage, &stop).await? else {
+            return Ok(());
+        };
         readers.spawn(follow_partition(
             blocking,
             key.clone(),
