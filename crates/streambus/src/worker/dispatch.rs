@@ -187,6 +187,12 @@ impl<H: Handler> Shared<H> {
         entries: Vec<Entry>,
         permits: &mut Vec<OwnedSemaphorePermit>,
     ) {
+        debug_assert!(
+            entries.len() <= permits.len(),
+            "a read brought {} entries for {} permits",
+            entries.len(),
+            permits.len()
+        );
         if self.options.ordered_by_key || self.sequential {
             for entry in entries {
                 let Some(permit) = permits.pop() else { break };

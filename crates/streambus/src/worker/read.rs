@@ -120,9 +120,6 @@ impl<H: Handler> Shared<H> {
                 };
                 let mut permits = vec![first];
                 self.take_free_permits(&mut permits);
-                if permits.is_empty() {
-                    continue;
-                }
                 if permits.len() < half_batch {
                     // Few permits free: the handlers of the last read are most
                     // likely about to finish (a quick handler takes microseconds, a
@@ -134,9 +131,13 @@ impl<H: Handler> Shared<H> {
                 }
                 if Instant::now() >= reclaim.next_at {
                     self.reclaim_step(&policy, &mut reclaim, &mut permits).await;
-                    if permits.is_empty() {
-                        continue;
-                    }
+                }
+                // None left (the read-ahead allowance shrank, or the reclaim
+                // pass used them): no read. A read is never sent for more
+                // entries than it holds permits for; an entry without one
+                // would stay pending until reclaimed, out of stream order.
+                if permits.is_empty() {
+                    continue;
                 }
                 if shutdown.is_cancelled() {
                     return;
