@@ -50,7 +50,13 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await; // an outage shorter than publish_timeout
+    // The outage's length is the fault itself (not a wait for something to
+    // happen): shorter than publish_timeout, longer than several dials.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "publish is still waiting when Redis comes back"
+    );
     proxy.pass_through();
     let id = tokio::time::timeout(Duration::from_secs(3), waiting)
         .await
@@ -145,9 +151,12 @@ async fn an_idle_connection_that_died_is_replaced_before_a_write() {
     // connections work.
     proxy.black_hole();
     proxy.heal();
-    tokio::time::sleep(Duration::from_millis(600)).await; // longer than health_check_after_idle
-                                                          // The health check finds it dead before the XADD goes out: no
-                                                          // "unconfirmed" outcome, the publish simply succeeds on a new socket.
+    // Idle for longer than health_check_after_idle: the idle time is the
+    // condition under test, not a wait for something to happen.
+    let idle = short().health_check_after_idle.unwrap();
+    tokio::time::sleep(idle + Duration::from_millis(100)).await;
+    // The health check finds it dead before the XADD goes out: no
+    // "unconfirmed" outcome, the publish simply succeeds on a new socket.
     producer
         .publish(stream, Message::json(&2).unwrap())
         .await
@@ -200,7 +209,9 @@ async fn publish_waits_out_a_busy_redis() {
     let p = producer.clone();
     let s = stream.clone();
     let publishing = tokio::spawn(async move { p.publish(&s, Message::json(&1).unwrap()).await });
-    tokio::time::sleep(Duration::from_millis(300)).await; // how long Redis stays busy
+    // How long Redis stays busy: the fault's length, not a wait for
+    // something to happen (Redis answers nothing but BUSY meanwhile).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !publishing.is_finished(),
         "publish waits while Redis is busy"
