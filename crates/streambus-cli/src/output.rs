@@ -19,15 +19,18 @@ impl Lines {
         }
     }
 
-    /// `entry.to_json()`, compact, on one line.
+    /// `entry.to_json()`, compact, on one line (written without building
+    /// the value: [`Entry::write_json`]).
     pub fn entry(&mut self, entry: &Entry) -> io::Result<()> {
-        self.json(&entry.to_json())
+        entry.write_json(&mut self.out, None)?;
+        self.out.write_all(b"\n")
     }
 
     /// An entry of partition `index` of the logical stream `stream`, on one
     /// line (see [`partition_entry_json`]).
     pub fn partition_entry(&mut self, entry: &Entry, stream: &str, index: usize) -> io::Result<()> {
-        self.json(&partition_entry_json(entry, stream, index))
+        entry.write_json(&mut self.out, Some((stream, index)))?;
+        self.out.write_all(b"\n")
     }
 
     /// Any serializable value as one compact JSON line.
@@ -45,16 +48,6 @@ impl Lines {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
-}
-
-/// The JSON line of an entry read from partition `index` of the logical
-/// stream `stream`: [`Entry::to_json`], with `stream` naming the logical
-/// stream (what the user asked for) and a `partition` field (its index).
-pub fn partition_entry_json(entry: &Entry, stream: &str, index: usize) -> serde_json::Value {
-    let mut v = entry.to_json();
-    v["stream"] = stream.into();
-    v["partition"] = index.into();
-    v
 }
 
 /// Rows as aligned columns (two spaces apart), without trailing blanks.

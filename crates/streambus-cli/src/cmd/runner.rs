@@ -121,16 +121,17 @@ pub fn input_line(
     partition: Option<(&str, usize)>,
     deliveries: Option<u32>,
 ) -> String {
-    let mut v = match partition {
-        Some((stream, i)) => crate::output::partition_entry_json(entry, stream, i),
-        None => entry.to_json(),
-    };
+    let mut line = Vec::with_capacity(256 + entry.fields.len() * 64);
+    entry
+        .write_json(&mut line, partition)
+        .expect("writing to a Vec does not fail");
     if let Some(n) = deliveries {
-        v["deliveries"] = n.into();
+        // After the other keys: the object's last `}` makes room for it.
+        line.pop();
+        line.extend_from_slice(format!(",\"deliveries\":{n}}}").as_bytes());
     }
-    let mut line = v.to_string();
-    line.push('\n');
-    line
+    line.push(b'\n');
+    String::from_utf8(line).expect("JSON text is UTF-8")
 }
 
 /// `--count`: stops the worker once `target` entries are done with

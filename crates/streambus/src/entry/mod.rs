@@ -4,6 +4,8 @@
 //! ([`Entry::envelope`]) or a typed payload ([`Entry::decode`]) is a helper on top,
 //! so entries written by other programs (no envelope at all) are delivered too.
 
+mod json;
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
