@@ -299,6 +299,26 @@ impl Consumer {
         self.ack_then_read(ack_ids, count).await
     }
 
+    /// [`Consumer::ack_and_read`] as a future that borrows nothing, for a loop
+    /// that reads the next batch while it handles this one: spawn it, handle
+    /// the batch in hand, then take its entries. It reads new entries only and
+    /// never blocks; while [`Consumer::is_recovering`], read with
+    /// [`Consumer::read`] instead (own pending entries come first, in order).
+    ///
+    /// The entries it takes are delivered to this consumer once Redis has
+    /// run it, whether or not its result is awaited: a caller that drops it
+    /// leaves them pending under this name (re-read first by the next
+    /// consumer of the same name). On an error the acknowledgements may or may
+    /// not have been applied: send them again.
+    pub fn read_ahead(
+        &self,
+        ack_ids: Vec<EntryId>,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Entry>>> + Send + 'static {
+        let reader = self.reader(false);
+        async move { reader.ack_then_read(&ack_ids, count).await }
+    }
+
     /// A handle that sends non-blocking reads of new entries (with
     /// acknowledgements) on this consumer's read connection without borrowing
     /// the consumer, so that a worker can have a second read under way while it

@@ -106,21 +106,40 @@ pub async fn run(client: &Client, args: ConsumeArgs, topology: Option<&Topology>
     let mut outage = Outage::new(format!("consuming {:?}", args.stream));
     let mut out = Lines::stdout();
     let mut left = args.count;
+    // While one batch is printed, the read of the next is under way (when
+    // the last read came back full: the stream most likely has more), so that
+    // Redis serves it and its reply is parsed on another thread meanwhile. It
+    // carries the acknowledgements of the batches printed before this one,
+    // never of this one: print, flush, then acknowledge.
+    let mut ahead: Option<Ahead> = None;
     // A read in flight is never cancelled: entries it took are delivered to this
     // consumer, so they are printed and acknowledged before we stop.
-    while !stop.is_cancelled() && left != Some(0) {
-        // What is there, at once (up to batch_size), else wait up to
-        // max_wait; and never more than will be printed: an entry delivered
-        // and not printed would sit in this consumer's pending list.
-        let count = left.map_or(batch_size, |l| (l as usize).min(batch_size));
-        let read = Read::Upto(count, Some(max_wait));
-        let batch = feed.read(read, &mut outage, &stop).await?;
+    loop {
+        let batch = match ahead.take() {
+            Some(sent) => feed.take_ahead(sent, &mut outage, &stop).await?,
+            None if stop.is_cancelled() || left == Some(0) => break,
+            None => {
+                // What is there, at once (up to batch_size), else wait up to
+                // max_wait; and never more than will be printed: an entry
+                // delivered and not printed would sit in this consumer's
+                // pending list.
+                let count = left.map_or(batch_size, |l| (l as usize).min(batch_size));
+                let read = Read::Upto(count, Some(max_wait));
+                feed.read(read, &mut outage, &stop).await?
+            }
+        };
+        left = left.map(|l| l.saturating_sub(batch.len() as u64));
+        if feed.last_read_full && !stop.is_cancelled() && left != Some(0) {
+            // No more than will still be printed after this batch.
+            let count = left.map_or(batch_size, |l| (l as usize).min(batch_size));
+            ahead = feed.send_ahead(count);
+        }
         for entry in &batch {
             out.entry(entry)?;
         }
-        // Printed and flushed: the next read acknowledges them.
+        // Printed and flushed: a later read acknowledges them.
         out.flush()?;
-        left = left.map(|l| l.saturating_sub(batch.len() as u64));
+        feed.printed();
     }
     feed.ack(&mut outage, &stop).await?;
     Ok(())
@@ -171,12 +190,21 @@ async fn consume_partitions(
                 out.partition_entry(entry, &args.stream, *i)?;
             }
             out.flush()?;
+            feed.printed();
             feed.ack(&mut outage, &stop).await?;
             left = left.map(|l| l.saturating_sub(batch.len() as u64));
         }
         idle = !found;
     }
     Ok(())
+}
+
+/// A read sent ahead ([`Feed::send_ahead`]) whose reply is not taken yet.
+struct Ahead {
+    read: tokio::task::JoinHandle<streambus::Result<Vec<Entry>>>,
+    /// The acknowledgements it carries.
+    acks: Vec<EntryId>,
+    requested: usize,
 }
 
 /// How a [`Feed`] reads.
@@ -204,6 +232,11 @@ struct Feed<'a> {
     /// Entries printed (or passed over) whose acknowledgement is not confirmed.
     /// One that is read again is acknowledged, not printed again.
     unacked: Vec<EntryId>,
+    /// Entries of the batch being printed: acknowledged once it is flushed
+    /// ([`Feed::printed`]).
+    in_hand: Vec<EntryId>,
+    /// The last read brought as many entries as it asked for.
+    last_read_full: bool,
     /// The highest id printed in this run.
     printed_through: Option<EntryId>,
     /// After the group was recreated from the start of the stream: entries up
@@ -229,6 +262,8 @@ impl<'a> Feed<'a> {
             options,
             consumer: Some(consumer),
             unacked: Vec::new(),
+            in_hand: Vec::new(),
+            last_read_full: false,
             printed_through: None,
             skip_through: None,
         })
@@ -272,6 +307,7 @@ impl<'a> Feed<'a> {
         match got {
             Ok(entries) => {
                 outage.ok();
+                self.last_read_full = entries.len() >= count;
                 Ok(self.sort_out(entries))
             }
             Err(e) => {
@@ -281,18 +317,69 @@ impl<'a> Feed<'a> {
         }
     }
 
-    /// Notes every entry read as to be acknowledged, and returns those not
-    /// printed before (see [`Feed::unacked`], [`Feed::skip_through`]).
+    /// Sends the next read now, without waiting for its reply, with the
+    /// acknowledgements of what was printed; `None` when the next read must be
+    /// an ordinary one (no consumer after a failure, or own pending entries
+    /// still to re-read first).
+    fn send_ahead(&mut self, count: usize) -> Option<Ahead> {
+        let consumer = self.consumer.as_ref().filter(|c| !c.is_recovering())?;
+        let acks = std::mem::take(&mut self.unacked);
+        let read = tokio::spawn(consumer.read_ahead(acks.clone(), count));
+        Some(Ahead {
+            read,
+            acks,
+            requested: count,
+        })
+    }
+
+    /// The entries to print from a read sent ahead (see [`Feed::read`]).
+    async fn take_ahead(
+        &mut self,
+        sent: Ahead,
+        outage: &mut Outage,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Entry>> {
+        let got = sent.read.await.unwrap_or_else(|e| {
+            Err(streambus::Error::new(
+                ErrorKind::Redis,
+                format!("read task failed: {e}"),
+            ))
+        });
+        match got {
+            Ok(entries) => {
+                outage.ok();
+                self.last_read_full = entries.len() >= sent.requested;
+                Ok(self.sort_out(entries))
+            }
+            Err(e) => {
+                // Its acknowledgements may not have been applied: again later.
+                self.unacked.extend(sent.acks);
+                self.last_read_full = false;
+                self.failed(e, outage, stop).await?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// The batch in hand is printed and flushed: its entries are acknowledged
+    /// with the next read (or by [`Feed::ack`]).
+    fn printed(&mut self) {
+        self.unacked.append(&mut self.in_hand);
+    }
+
+    /// Notes every entry read as to be acknowledged once printed, and returns
+    /// those not printed before (see [`Feed::unacked`], [`Feed::skip_through`]).
     fn sort_out(&mut self, entries: Vec<Entry>) -> Vec<Entry> {
         let mut print = Vec::with_capacity(entries.len());
         // Ids still to acknowledge from before (a failed acknowledgement, then a
         // re-read): usually none. A read has no duplicates of its own.
-        let earlier: std::collections::HashSet<EntryId> = self.unacked.iter().copied().collect();
+        let earlier: std::collections::HashSet<EntryId> =
+            self.unacked.iter().chain(&self.in_hand).copied().collect();
         for entry in entries {
             let seen = earlier.contains(&entry.id);
             let again = seen || self.skip_through.is_some_and(|s| entry.id <= s);
             if !seen {
-                self.unacked.push(entry.id);
+                self.in_hand.push(entry.id);
             }
             if again {
                 tracing::debug!(id = %entry.id, "read again; acknowledged without printing it again");
@@ -306,9 +393,21 @@ impl<'a> Feed<'a> {
 
     /// Acknowledges everything printed (or passed over), retrying until it is
     /// done. An error for a permanent failure, or when stopped while Redis
-    /// is away with acknowledgements outstanding.
+    /// is away with acknowledgements outstanding (after one attempt: a stop
+    /// with Redis there acknowledges what was printed).
     async fn ack(&mut self, outage: &mut Outage, stop: &CancellationToken) -> Result<()> {
         while !self.unacked.is_empty() {
+            let ids = self.unacked.clone();
+            if let Some(consumer) = self.consumer(outage, stop).await? {
+                match consumer.ack(&ids).await {
+                    Ok(_) => {
+                        outage.ok();
+                        self.unacked.clear();
+                        continue;
+                    }
+                    Err(e) => self.failed(e, outage, stop).await?,
+                }
+            }
             if stop.is_cancelled() {
                 bail!(
                     "stopped while Redis was unreachable: {} entries of {:?} were printed but not acknowledged; a consumer started with the same --consumer ({}) prints them again",
@@ -316,17 +415,6 @@ impl<'a> Feed<'a> {
                     self.stream,
                     self.name
                 );
-            }
-            let ids = self.unacked.clone();
-            let Some(consumer) = self.consumer(outage, stop).await? else {
-                continue;
-            };
-            match consumer.ack(&ids).await {
-                Ok(_) => {
-                    outage.ok();
-                    self.unacked.clear();
-                }
-                Err(e) => self.failed(e, outage, stop).await?,
             }
         }
         Ok(())

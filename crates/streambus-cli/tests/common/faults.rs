@@ -222,6 +222,11 @@ impl Running {
         self.finish(status)
     }
 
+    /// Sends SIGTERM, without waiting (see [`Running::exit`]).
+    pub fn terminate(&self) {
+        sigterm(&self.child);
+    }
+
     /// Stops the process (SIGTERM) and waits for it (killed after the
     /// deadline).
     pub fn stop(mut self) -> Exited {
