@@ -30,6 +30,8 @@ const MONITOR: &str =
     "~aurora:* +ping +type +time +xinfo|stream +xinfo|groups +xinfo|consumers +xpending";
 /// Added to the monitor's rules for `--cleanup`.
 const CLEANUP: &str = "+xclaim +xgroup|delconsumer +evalsha +script|load";
+/// Added to the producer's rules for `keep_unacked` (its trimming script).
+const KEEP_UNACKED: &str = "+evalsha +script|load +xinfo|groups +xpending +xtrim +xlen +exists";
 /// Added to the monitor's rules for `serve`.
 const SERVE: &str = "+xread +xrange +xrevrange +xlen +xadd %R~{aurora:*}:*";
 /// Added to `serve`'s rules when no streams are configured.
@@ -48,6 +50,7 @@ fn server() -> RedisServer {
     RedisServer::start_with(ServerOptions {
         acl_users: vec![
             user("producer", &[PRODUCER]),
+            user("keeper", &[PRODUCER, KEEP_UNACKED]),
             user("worker", &[WORKER]),
             user("monitor", &[MONITOR]),
             user("cleanup", &[MONITOR, CLEANUP]),
@@ -79,7 +82,7 @@ fn the_rules_here_are_the_readmes() {
             "README's {role} row: {rules}"
         );
     }
-    for extra in [CLEANUP, SERVE_ALL_STREAMS] {
+    for extra in [CLEANUP, SERVE_ALL_STREAMS, KEEP_UNACKED] {
         assert!(table.contains(&format!("`{extra}`")), "{extra}");
     }
     for part in SERVE.split(' ') {
@@ -89,6 +92,38 @@ fn the_rules_here_are_the_readmes() {
             "serve row lacks {part}: {serve_row}"
         );
     }
+}
+
+/// `publish --keep-unacked` trims with the producer's rules plus the
+/// README's extras; with the producer's alone it still publishes, and says
+/// on stderr that trimming failed.
+#[test]
+fn keep_unacked_trims_with_exactly_its_extra_rules() {
+    let server = server();
+    let lines: String = (0..500).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let args = ["publish", STREAM, "--maxlen", "10", "--keep-unacked"];
+    let o = run_with(
+        sb_url(&url(&server, "keeper"), &args),
+        lines.as_bytes(),
+        DEADLINE,
+    );
+    assert_eq!(ok(&o).lines().count(), 500);
+    assert!(!text(&o.stderr).contains("trimming"), "{}", text(&o.stderr));
+    let len = xlen(&server, STREAM);
+    assert!((10..=200).contains(&len), "XLEN {len}");
+
+    let o = run_with(
+        sb_url(&url(&server, "producer"), &args),
+        lines.as_bytes(),
+        DEADLINE,
+    );
+    assert_eq!(ok(&o).lines().count(), 500);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("trimming (keep_unacked) failed") && err.contains("no permissions"),
+        "{err}"
+    );
+    assert_eq!(xlen(&server, STREAM), len + 500);
 }
 
 #[test]

@@ -111,6 +111,45 @@ fn publish_maxlen_trims() {
     assert!((10..=200).contains(&len), "XLEN {len}");
 }
 
+/// `--keep-unacked`: trimming to --maxlen stops at the first entry a group
+/// still needs (here: its pending entries); a stream without a group trims
+/// as with --maxlen alone, before publish returns.
+#[test]
+fn publish_keep_unacked_trims_nothing_a_group_needs() {
+    let server = RedisServer::start();
+    server.cli(&["XGROUP", "CREATE", "s", "g", "0", "MKSTREAM"]);
+    ok(&publish_stdin(&server, &[], numbered(0..50).as_bytes()));
+    let read = server.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "w1",
+        "COUNT",
+        "50",
+        "STREAMS",
+        "s",
+        ">",
+    ]);
+    assert!(read.contains("49"), "{read}");
+    let input = numbered(50..3000);
+    let out = ok(&publish_stdin(
+        &server,
+        &["--maxlen", "10", "--keep-unacked"],
+        input.as_bytes(),
+    ));
+    assert_eq!(out.lines().count(), 2950);
+    assert_eq!(xlen(&server, "s"), 3000, "nothing trimmed past the group");
+
+    let other = sb_redis(
+        &server,
+        &["publish", "t", "--maxlen", "10", "--keep-unacked"],
+    );
+    let out = ok(&run_with(other, input.as_bytes(), DEADLINE));
+    assert_eq!(out.lines().count(), 2950);
+    let len = xlen(&server, "t");
+    assert!((10..=200).contains(&len), "XLEN {len}");
+}
+
 #[test]
 fn publish_invalid_json_argument_writes_nothing() {
     let server = RedisServer::start();

@@ -42,6 +42,13 @@ pub struct PublishArgs {
     #[arg(long, value_name = "N")]
     pub maxlen: Option<u64>,
 
+    /// Trim toward --maxlen (or the topology file's retention) but never
+    /// past an entry a consumer group has not acknowledged or not yet read:
+    /// a slow group loses nothing [default: the topology file's
+    /// `keep_unacked`, else off].
+    #[arg(long)]
+    pub keep_unacked: bool,
+
     /// Largest message accepted (e.g. 512KiB, 1MiB); larger ones are refused
     /// and nothing is written.
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "1MiB")]

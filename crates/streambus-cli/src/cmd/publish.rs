@@ -33,14 +33,15 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     // --maxlen, else the stream's retention in the topology file, else none.
     let file_retention = topology
         .and_then(|t| t.stream(&args.stream))
-        .map(|s| s.retention.0);
+        .map(|s| s.retention);
     let options = ProducerOptions {
         max_message_bytes: args.max_message_bytes,
         retention: super::settings::layered(
             args.maxlen.map(Retention::max_len),
-            file_retention,
+            file_retention.map(|r| r.retention),
             Retention::default(),
         ),
+        keep_unacked: args.keep_unacked || file_retention.is_some_and(|r| r.keep_unacked),
         // While Redis cannot be reached, a publish waits this long.
         publish_timeout: args.retry_for,
         ..Default::default()

@@ -331,7 +331,7 @@ async fn retention_differs(
     stream: &str,
     spec: &StreamSpec,
 ) -> Result<Option<String>> {
-    match spec.retention.0 {
+    match spec.retention.retention {
         Retention::MaxLen { len, .. } => {
             let n: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
             Ok((n > len.saturating_add(MAXLEN_SLACK)).then(|| {

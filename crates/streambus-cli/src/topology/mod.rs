@@ -155,6 +155,19 @@ mod tests {
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.path.starts_with("streams.s.retention"), "{e}");
 
+        let e = err(
+            "[streams.s]\nretention = { max_len = 10, approximate = false, keep_unacked = true }\n",
+        );
+        assert!(
+            e.message.contains("keep_unacked trims approximately"),
+            "{e}"
+        );
+        let t = Topology::parse("[streams.s]\nretention = { max_len = 10, keep_unacked = true }\n")
+            .unwrap();
+        let r = t.stream("s").unwrap().retention;
+        assert!(r.keep_unacked);
+        assert_eq!(r.retention, streambus::Retention::max_len(10));
+
         let e = err("[streams.s.groups.g]\nconcurency = 3\n");
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.message.contains("concurency"), "{e}");

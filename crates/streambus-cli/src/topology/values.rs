@@ -125,10 +125,15 @@ impl<'de> Deserialize<'de> for GroupName {
     }
 }
 
-/// `retention = { max_len = N, approximate = true }` or `{ max_age = "7d" }`;
+/// `retention = { max_len = N, approximate = true }` or `{ max_age = "7d" }`,
+/// each with `keep_unacked = true` to never trim what a group still needs;
 /// absent: unbounded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RetentionSpec(pub Retention);
+pub struct RetentionSpec {
+    pub retention: Retention,
+    /// [`streambus::ProducerOptions::keep_unacked`].
+    pub keep_unacked: bool,
+}
 
 impl<'de> Deserialize<'de> for RetentionSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -138,17 +143,24 @@ impl<'de> Deserialize<'de> for RetentionSpec {
             max_len: Option<u64>,
             approximate: Option<bool>,
             max_age: Option<Dur>,
+            keep_unacked: Option<bool>,
         }
         let raw = Raw::deserialize(d)?;
-        match (raw.max_len, raw.max_age) {
+        let keep_unacked = raw.keep_unacked.unwrap_or(false);
+        if keep_unacked && raw.approximate == Some(false) {
+            return Err(de::Error::custom(
+                "keep_unacked trims approximately (whole nodes, never past what a group still needs): leave out approximate = false",
+            ));
+        }
+        let retention = match (raw.max_len, raw.max_age) {
             (Some(_), Some(_)) => Err(de::Error::custom("give max_len or max_age, not both")),
             (Some(0), None) => Err(de::Error::custom(
                 "max_len must be at least 1 (leave retention out for an unbounded stream)",
             )),
-            (Some(len), None) => Ok(RetentionSpec(Retention::MaxLen {
+            (Some(len), None) => Ok(Retention::MaxLen {
                 len,
                 exact: !raw.approximate.unwrap_or(true),
-            })),
+            }),
             (None, Some(age)) if raw.approximate.is_some() => {
                 let _ = age;
                 Err(de::Error::custom(
@@ -158,11 +170,15 @@ impl<'de> Deserialize<'de> for RetentionSpec {
             (None, Some(Dur(age))) if age.is_zero() => {
                 Err(de::Error::custom("max_age must be above zero"))
             }
-            (None, Some(Dur(age))) => Ok(RetentionSpec(Retention::MaxAge(age))),
+            (None, Some(Dur(age))) => Ok(Retention::MaxAge(age)),
             (None, None) => Err(de::Error::custom(
                 "retention needs max_len or max_age (leave it out for an unbounded stream)",
             )),
-        }
+        }?;
+        Ok(RetentionSpec {
+            retention,
+            keep_unacked,
+        })
     }
 }
 

@@ -20,9 +20,11 @@
 
 mod retention;
 mod sender;
+mod trim;
 
 pub use retention::Retention;
 use sender::sender_task;
+use trim::Trimmer;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -45,6 +47,17 @@ use crate::keys;
 pub struct ProducerOptions {
     /// Trimming done by every XADD.
     pub retention: Retention,
+    /// Trim toward `retention`, but never past the first entry that a group
+    /// of the stream still needs (its oldest pending entry, or the first one
+    /// it has not read): a slow or stopped group loses nothing to trimming.
+    /// The XADDs then trim nothing; a task of the producer trims each stream
+    /// after every tenth of its length published (100 to 10,000 entries;
+    /// 1,000 with `MaxAge`), in one atomic script, and once a second while a
+    /// stream is still over its length. So a stream can be over its length
+    /// by up to that many entries, and by the backlog of its slowest group.
+    /// Trimming is approximate (whole nodes), even with `exact: true`.
+    /// Default false.
+    pub keep_unacked: bool,
     /// Largest message (bytes of field names and values) accepted; larger ones are
     /// refused before anything is sent. Default 1 MiB.
     pub max_message_bytes: usize,
@@ -73,6 +86,7 @@ impl Default for ProducerOptions {
     fn default() -> Self {
         ProducerOptions {
             retention: Retention::Unbounded,
+            keep_unacked: false,
             max_message_bytes: 1024 * 1024,
             max_pipeline: 32,
             batch_pipeline: 128,
@@ -108,8 +122,12 @@ struct Inner {
     /// again does not allocate its name.
     last_stream: std::sync::Mutex<Option<Arc<str>>>,
     queue: mpsc::Sender<Job>,
+    /// With `keep_unacked`: told of every entry written.
+    trimmer: Option<Arc<Trimmer>>,
     /// The sender task ends with the last clone of the producer.
     _sender: AbortOnDropHandle<()>,
+    /// So does the trimming task.
+    _trim: Option<AbortOnDropHandle<()>>,
 }
 
 impl Producer {
@@ -128,12 +146,20 @@ impl Producer {
 
     fn on(conn: Connection, options: ProducerOptions) -> Producer {
         let (queue, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let trimmer = options
+            .keep_unacked
+            .then(|| Trimmer::new(conn.clone(), options.retention))
+            .flatten();
+        let trim = trimmer
+            .clone()
+            .map(|t| AbortOnDropHandle::new(tokio::spawn(t.run())));
         let sender = tokio::spawn(sender_task(
             conn.clone(),
             options.max_pipeline.max(1),
             options.pipelines_in_flight.max(1),
             options.publish_timeout,
             rx,
+            trimmer.clone(),
         ));
         Producer {
             inner: Arc::new(Inner {
@@ -141,7 +167,9 @@ impl Producer {
                 options,
                 last_stream: std::sync::Mutex::new(None),
                 queue,
+                trimmer,
                 _sender: AbortOnDropHandle::new(sender),
+                _trim: trim,
             }),
         }
     }
@@ -165,12 +193,10 @@ impl Producer {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             stream: self.stream_name(stream),
-            xadd: xadd(
-                stream,
-                &message,
-                self.inner.options.retention,
-                clock(self.inner.options.retention),
-            ),
+            xadd: {
+                let retention = self.xadd_retention();
+                xadd(stream, &message, retention, clock(retention))
+            },
             message,
             deadline,
             reply,
@@ -242,7 +268,8 @@ impl Producer {
             self.check(stream, m)?;
         }
         let o = &self.inner.options;
-        let now = clock(o.retention);
+        let retention = self.xadd_retention();
+        let now = clock(retention);
         let deadline = Instant::now() + o.publish_timeout;
         // Larger than the sender task's pipelines: one caller, so no convoy of
         // callers to break up, and fewer writes. Measured (1000 per call, 8 in
@@ -270,7 +297,7 @@ impl Producer {
                 // a single publish's.
                 pipe.ignore_errors();
                 for m in chunks[c] {
-                    pipe.add_command(xadd(stream, m, o.retention, now));
+                    pipe.add_command(xadd(stream, m, retention, now));
                 }
                 let mut conn = self.inner.conn.clone();
                 in_flight
@@ -311,6 +338,9 @@ impl Producer {
                             Some(outcome.map_err(|e| e.with_unpublished(chunk[i].clone())));
                     }
                     count_published(stream, written);
+                    if let Some(t) = &self.inner.trimmer {
+                        t.published(&self.stream_name(stream), written);
+                    }
                 }
                 Err(e) if not_sent(&e) && Instant::now() < deadline => not_sent_yet.push(c),
                 Err(e) => {
@@ -324,7 +354,21 @@ impl Producer {
                 }
             }
         }
+        if let Some(t) = &self.inner.trimmer {
+            t.trim_if_due(&self.stream_name(stream)).await;
+        }
         Ok(outcomes.into_iter().map_while(|o| o).collect())
+    }
+
+    /// The trimming the XADDs do: none with `keep_unacked` (the trimmer
+    /// does it).
+    fn xadd_retention(&self) -> Retention {
+        let o = &self.inner.options;
+        if o.keep_unacked {
+            Retention::Unbounded
+        } else {
+            o.retention
+        }
     }
 
     /// `stream` as a shared name, reusing the last one when it is the same.

@@ -7,8 +7,10 @@ use redis::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::{
-    all_refused_for_now, count_published, entry_id, send_error, Job, RESEND_FIRST_DELAY,
+    all_refused_for_now, count_published, entry_id, send_error, Job, Trimmer, RESEND_FIRST_DELAY,
     RESEND_MAX_DELAY,
 };
 use crate::connection::{not_sent, Connection};
@@ -34,6 +36,7 @@ pub(super) async fn sender_task(
     in_flight_max: usize,
     publish_timeout: Duration,
     mut rx: mpsc::Receiver<Job>,
+    trimmer: Option<Arc<Trimmer>>,
 ) {
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -45,7 +48,7 @@ pub(super) async fn sender_task(
             jobs = recv_jobs(&mut rx, max_pipeline), if room => match jobs {
                 Some(jobs) => {
                     for jobs in by_stream(jobs) {
-                        in_flight.push(send_pipeline(conn.clone(), jobs, publish_timeout));
+                        in_flight.push(send_pipeline(conn.clone(), jobs, publish_timeout, trimmer.clone()));
                     }
                 }
                 None => break,
@@ -80,7 +83,12 @@ fn by_stream(jobs: Vec<Job>) -> Vec<Vec<Job>> {
 
 /// Writes one pipeline and answers its callers. While no connection can be
 /// made, sends it again until the earliest caller's deadline.
-async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>, publish_timeout: Duration) {
+async fn send_pipeline(
+    mut conn: Connection,
+    mut jobs: Vec<Job>,
+    publish_timeout: Duration,
+    trimmer: Option<Arc<Trimmer>>,
+) {
     let mut pipe = redis::Pipeline::with_capacity(jobs.len());
     pipe.ignore_errors();
     for job in &mut jobs {
@@ -115,6 +123,9 @@ async fn send_pipeline(mut conn: Connection, mut jobs: Vec<Job>, publish_timeout
             }
             if let Some(stream) = stream {
                 count_published(&stream, written);
+                if let Some(t) = &trimmer {
+                    t.published(&stream, written);
+                }
             }
         }
         Err(e) => {

@@ -84,10 +84,11 @@ pub async fn run(client: &Client, args: DemoArgs, topology: Option<&Topology>) -
         let retention = file
             .stream(stage.stream)
             .or_else(|| builtin.stream(stage.stream))
-            .map(|s| s.retention.0)
+            .map(|s| s.retention)
             .unwrap_or_default();
         let options = ProducerOptions {
-            retention,
+            retention: retention.retention,
+            keep_unacked: retention.keep_unacked,
             ..Default::default()
         };
         producers.insert(stage.stream, Producer::new(client, options).await?);
