@@ -91,6 +91,8 @@
 //! - `support`: [`free_port`], [`unique_prefix`], the binaries' paths.
 //! - `resp`: a minimal RESP connection and `redis-cli` with a timeout.
 //! - `cluster`: [`RedisCluster`] and slot helpers.
+//! - `sentinel`: [`RedisSentinel`], a primary, replicas and sentinels, with
+//!   planned (`SENTINEL FAILOVER`) and unplanned (`SIGKILL`) failovers.
 //! - `certs`: the generated TLS test certificates.
 //! - [`proxy`]: [`FaultProxy`], a fault-injecting TCP proxy.
 //! - [`wait`]: polling a condition with a deadline ([`wait_until`],
@@ -113,6 +115,7 @@ mod exit_guard;
 mod options;
 pub mod proxy;
 mod resp;
+mod sentinel;
 mod server;
 mod support;
 pub mod wait;
@@ -121,6 +124,7 @@ pub use cluster::{slot_for_key, ClusterNode, ClusterOptions, NodeRole, RedisClus
 pub use error::TestkitError;
 pub use options::{AclUser, Appendfsync, ServerOptions, TlsOptions};
 pub use proxy::FaultProxy;
+pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use server::RedisServer;
 pub use support::{free_port, redis_cli_bin, redis_server_bin, unique_prefix};
 pub use wait::{eventually, wait_for, wait_for_some, wait_until};

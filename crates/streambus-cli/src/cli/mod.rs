@@ -22,7 +22,11 @@ pub use self::stream::*;
 #[command(name = "streambus", version, about, propagate_version = true)]
 pub struct Cli {
     /// Redis URL: redis://[user:password@]host:port[/db], rediss:// for TLS,
-    /// redis+cluster://host1:port1,host2:port2 for a cluster [default: the
+    /// redis+cluster://host1:port1,host2:port2 for a cluster,
+    /// redis+sentinel://[user:password@]s1:26379,s2:26379/MASTER_NAME[?db=N]
+    /// for the primary watched by Redis Sentinel (rediss+sentinel:// for TLS;
+    /// the sentinels' own credentials, if any, as
+    /// ?sentinel_username=U&sentinel_password=P) [default: the
     /// topology file's `redis`, else redis://127.0.0.1:6379; `demo` and
     /// `serve` start a private redis-server when none is given].
     // The value may hold a password: never show it (help, errors) except

@@ -21,14 +21,18 @@
 //! outcome would be unknown.
 //!
 //! The rest of the library is written against [`Connection`], which implements
-//! `redis::aio::ConnectionLike` for both a single server and a cluster.
+//! `redis::aio::ConnectionLike` for a single server, a cluster, and a primary
+//! found through Redis Sentinel.
 //!
 //! # Layout
 //!
 //! - this file: [`ConnectOptions`], [`Client`] (URL forms, dialing), [`mask_password`];
 //! - `tls`: [`TlsOptions`] (certificates, and their settings in a URL's query);
+//! - `sentinel`: `redis+sentinel://` URLs, finding the primary, and the
+//!   listener for failover announcements that retires sockets on the old primary;
 //! - `socket`: [`Connection`], the socket shared by clones, retired after a failure.
 
+mod sentinel;
 mod socket;
 mod tls;
 
@@ -37,6 +41,7 @@ pub use socket::Connection;
 use socket::Inner;
 pub use tls::TlsOptions;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::cluster::ClusterClientBuilder;
@@ -87,8 +92,10 @@ impl Default for ConnectOptions {
     }
 }
 
-/// Where Redis is: a single server (`redis://`, `rediss://`) or a cluster
-/// (`redis+cluster://host1:port1,host2:port2`, `rediss+cluster://...`).
+/// Where Redis is: a single server (`redis://`, `rediss://`), a cluster
+/// (`redis+cluster://host1:port1,host2:port2`, `rediss+cluster://...`), or the
+/// primary of a master name watched by Redis Sentinel
+/// (`redis+sentinel://s1:26379,s2:26379/MASTER_NAME`, `rediss+sentinel://...`).
 #[derive(Clone)]
 pub struct Client {
     target: Target,
@@ -104,6 +111,8 @@ pub struct Client {
 enum Target {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    /// Shared by the clones: they share one listener for failover announcements.
+    Sentinel(Arc<sentinel::Sentinel>),
 }
 
 impl std::fmt::Debug for Client {
@@ -120,7 +129,12 @@ impl Client {
     /// Accepted forms: `redis://[user:password@]host[:port][/db]`,
     /// `rediss://...` (TLS), `redis+unix:///path`, and for Redis Cluster
     /// `redis+cluster://[user:password@]host1:port1,host2:port2`
-    /// (or `rediss+cluster://` for TLS).
+    /// (or `rediss+cluster://` for TLS), and for Redis Sentinel
+    /// `redis+sentinel://[user:password@]host1[:port1],host2[:port2]/MASTER_NAME[?db=N]`
+    /// (or `rediss+sentinel://`, where sentinels and Redis both speak TLS). The
+    /// user and password are Redis's; the sentinels' own, if they need any, go
+    /// in the query: `sentinel_username=...&sentinel_password=...`. A sentinel
+    /// given without a port is on 26379.
     pub fn open(url: &str) -> Result<Client> {
         Self::open_with(url, ConnectOptions::default())
     }
@@ -133,7 +147,7 @@ impl Client {
         if !tls && (options.tls.is_set() || options.tls.insecure_skip_verify) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!("TLS settings were given for {display:?}, which is not a TLS URL: use rediss:// (or rediss+cluster://)"),
+                format!("TLS settings were given for {display:?}, which is not a TLS URL: use rediss:// (or rediss+cluster://, rediss+sentinel://)"),
             ));
         }
         if options.tls.insecure_skip_verify {
@@ -146,13 +160,20 @@ impl Client {
         let bad = |why: String| {
             Error::new(
                 ErrorKind::InvalidInput,
-                format!("invalid Redis URL {display:?}: {why} (expected redis://[user:password@]host:port, rediss:// for TLS, or redis+cluster://host1:port1,host2:port2)"),
+                format!("invalid Redis URL {display:?}: {why} (expected redis://[user:password@]host:port, rediss:// for TLS, redis+cluster://host1:port1,host2:port2, or redis+sentinel://host1:port1,host2:port2/MASTER_NAME)"),
             )
         };
         if tls {
             install_crypto_provider();
         }
-        let target = if let Some(rest) = url
+        let sentinel = url
+            .strip_prefix("redis+sentinel://")
+            .map(|r| (false, r))
+            .or_else(|| url.strip_prefix("rediss+sentinel://").map(|r| (true, r)));
+        let target = if let Some((tls, rest)) = sentinel {
+            let s = sentinel::Sentinel::parse(tls, rest, &options).map_err(bad)?;
+            Target::Sentinel(Arc::new(s))
+        } else if let Some(rest) = url
             .strip_prefix("redis+cluster://")
             .map(|r| ("redis", r))
             .or_else(|| url.strip_prefix("rediss+cluster://").map(|r| ("rediss", r)))
@@ -233,11 +254,26 @@ impl Client {
         &self.options
     }
 
-    /// The database number of a single-server URL.
+    /// Whether this client finds its primary through Redis Sentinel.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.target, Target::Sentinel(_))
+    }
+
+    /// The database number of a single-server or Sentinel URL.
     fn single_db(&self) -> Option<i64> {
         match &self.target {
             Target::Single(c) => Some(c.get_connection_info().redis_settings().db()),
+            Target::Sentinel(s) => Some(s.db()),
             Target::Cluster(_) => None,
+        }
+    }
+
+    /// For a Sentinel target, how many new primaries the sentinels have
+    /// announced so far: a socket dialed under an older count is retired.
+    fn switches(&self) -> Option<u64> {
+        match &self.target {
+            Target::Sentinel(s) => Some(s.switches()),
+            _ => None,
         }
     }
 
@@ -299,6 +335,14 @@ impl Client {
                 .await
                 .map(|r| r.map(Inner::Cluster))
             }
+            // Each sentinel asked, and the primary connected and checked, are
+            // under their own timeouts; this bounds the asking again too.
+            Target::Sentinel(s) => tokio::time::timeout(
+                (connect_timeout + response_timeout) * 3,
+                s.dial(&self.options, response_timeout),
+            )
+            .await
+            .map(|r| r.map(Inner::Single)),
         };
         let not_connected = |why: String| {
             redis::RedisError::from(std::io::Error::new(
@@ -346,6 +390,8 @@ fn install_crypto_provider() {
 
 /// Replaces the password of a URL (`scheme://user:password@host`) with `***`.
 pub fn mask_password(url: &str) -> String {
+    // The query first: a sentinel password may hold an '@'.
+    let url = &mask_query_password(url);
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -365,6 +411,32 @@ pub fn mask_password(url: &str) -> String {
     format!("{}{}@{}", &url[..scheme_end + 3], masked, &after[at + 1..])
 }
 
+/// Replaces the value of a `sentinel_password=` query parameter with `***`.
+fn mask_query_password(url: &str) -> String {
+    const KEY: &str = "sentinel_password=";
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let mut out = url[..=q].to_owned();
+    let (query, fragment) = match url[q + 1..].split_once('#') {
+        Some((query, f)) => (query, Some(f)),
+        None => (&url[q + 1..], None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|p| match p.strip_prefix(KEY) {
+            Some(_) => format!("{KEY}***"),
+            None => p.to_owned(),
+        })
+        .collect();
+    out.push_str(&pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -380,6 +452,14 @@ mod tests {
         assert_eq!(mask_password("redis://:pw@h"), "redis://:***@h");
         assert_eq!(mask_password("redis://h:1"), "redis://h:1");
         assert_eq!(mask_password("rediss://u:p/w@x@h"), "rediss://u:***@h");
+        assert_eq!(
+            mask_password("redis+sentinel://u:p@s1,s2/m?db=1&sentinel_password=a@b&x=1"),
+            "redis+sentinel://u:***@s1,s2/m?db=1&sentinel_password=***&x=1"
+        );
+        assert_eq!(
+            mask_password("redis+sentinel://s1/m?sentinel_password=pw"),
+            "redis+sentinel://s1/m?sentinel_password=***"
+        );
     }
 
     #[test]
@@ -428,6 +508,19 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/ca.crt"), "{e}");
         let e = Client::open("rediss://h:1?cert=a.crt").unwrap_err();
         assert!(e.to_string().contains("give both"), "{e}");
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let c =
+            Client::open("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster?db=3").unwrap();
+        assert!(c.is_sentinel() && !c.is_cluster());
+        assert_eq!(c.single_db(), Some(3));
+        for bad in ["redis+sentinel://h:1", "redis+sentinel://h:1/m?nope=1"] {
+            let e = Client::open(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}");
+            assert!(e.to_string().contains("redis+sentinel://"), "{e}");
+        }
     }
 
     #[test]

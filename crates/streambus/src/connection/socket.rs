@@ -18,8 +18,9 @@ pub(crate) fn not_sent(e: &redis::RedisError) -> bool {
     e.is_connection_refusal()
 }
 
-/// A connection to Redis (single server or cluster), cheap to clone; clones share
-/// one multiplexed socket per server, and replace it together when it fails.
+/// A connection to Redis (single server, cluster, or the primary found through
+/// Sentinel), cheap to clone; clones share one multiplexed socket per server,
+/// and replace it together when it fails.
 ///
 /// A request that gets no reply within the response timeout, or whose socket is
 /// reset or closed, fails with a retryable error (`Timeout` or `Connection`) and
@@ -51,6 +52,9 @@ struct Shared {
     last_reply_ms: AtomicU64,
     /// Sockets dialed so far; every one after the first is a reconnect.
     dialed: AtomicU64,
+    /// Sentinel only: how many new primaries the sentinels had announced
+    /// when the current socket was dialed (see [`Client::switches`]).
+    switches: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -82,6 +86,7 @@ impl Connection {
                 epoch: Instant::now(),
                 last_reply_ms: AtomicU64::new(0),
                 dialed: AtomicU64::new(0),
+                switches: AtomicU64::new(0),
             }),
             cached: None,
         }
@@ -125,6 +130,9 @@ impl Connection {
                 return Err(e.clone());
             }
         }
+        // Read before the sentinels are asked: a switch announced meanwhile
+        // costs one more dial, never a socket kept on the old primary.
+        let switches = shared.client.switches().unwrap_or(0);
         let inner = match shared.client.dial(shared.response_timeout).await {
             Ok(inner) => inner,
             Err(e) => {
@@ -132,6 +140,7 @@ impl Connection {
                 return Err(e);
             }
         };
+        shared.switches.store(switches, Ordering::Release);
         let n = shared.dialed.fetch_add(1, Ordering::Relaxed);
         if n > 0 {
             metrics::counter!(crate::metrics::RECONNECTS).increment(1);
@@ -149,7 +158,7 @@ impl Connection {
     }
 
     /// Retires the socket of `generation` (if it is still the current one).
-    fn retire(&mut self, generation: u64, why: &redis::RedisError) {
+    fn retire(&mut self, generation: u64, why: &dyn std::fmt::Display) {
         self.cached = None;
         let shared = &self.shared;
         let mut current = lock(&shared.current);
@@ -171,6 +180,24 @@ impl Connection {
     /// when it sat idle, else a new one.
     async fn ready(&mut self) -> redis::RedisResult<(u64, Inner)> {
         let (generation, mut inner) = self.handle().await?;
+        if let Some(switches) = self.shared.client.switches() {
+            if switches != self.shared.switches.load(Ordering::Acquire) {
+                // A sentinel announced a new primary: this socket may be on
+                // the old one, which takes writes that a resync will discard.
+                // The request fails as not sent (the caller retries it on a
+                // new socket) rather than going quietly to the new primary:
+                // what was acknowledged on the old one since the replica left
+                // it is gone, and a caller that resynchronizes after a lost
+                // connection (a consumer re-reading its pending entries) must
+                // do so now too.
+                let why = "a sentinel announced a new primary; the request was not sent";
+                self.retire(generation, &why);
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    why,
+                )));
+            }
+        }
         let Some(idle) = self.shared.client.options.health_check_after_idle else {
             return Ok((generation, inner));
         };
@@ -195,8 +222,31 @@ impl Connection {
         match result {
             Ok(_) => self.shared.touch(),
             Err(e) if poisons(e) => self.retire(generation, e),
+            // Through Sentinel, a server that says it is not a writable
+            // primary is left: the next request asks the sentinels again.
+            Err(e) if self.shared.client.is_sentinel() && super::sentinel::wrong_role(e.code()) => {
+                self.shared.touch();
+                self.retire(generation, e);
+            }
             // A reply came: the socket is fine.
             Err(_) => self.shared.touch(),
+        }
+    }
+
+    /// A pipeline's replies come back as values, errors included: through
+    /// Sentinel, one that says the server is not a writable primary retires
+    /// the socket, as a single command's error would.
+    fn after_replies(&mut self, generation: u64, replies: &[Value]) {
+        if !self.shared.client.is_sentinel() {
+            return;
+        }
+        let refusal = replies.iter().find_map(|r| match r {
+            Value::ServerError(e) if super::sentinel::wrong_role(Some(e.code())) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = refusal {
+            let why = format!("{} {}", e.code(), e.details().unwrap_or_default());
+            self.retire(generation, &why);
         }
     }
 }
@@ -277,6 +327,9 @@ impl ConnectionLike for Connection {
             let (generation, mut inner) = self.ready().await?;
             let result = inner.req_packed_commands(pipeline, offset, count).await;
             self.after(generation, &result);
+            if let Ok(replies) = &result {
+                self.after_replies(generation, replies);
+            }
             result
         })
     }
