@@ -34,13 +34,14 @@ ensure_redis() {
 # Installs python3 from the distribution's packages when missing: the tests of
 # `consume --pipe` run Python handlers, as the README shows them.
 ensure_python() {
-  command -v python3 >/dev/null 2>&1 && return 0
+  # python3 with venv and pip: the Python package's tests build it in a venv.
+  command -v python3 >/dev/null 2>&1 && python3 -m venv --help >/dev/null 2>&1 && return 0
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "streambus: python3 is not installed and this is not a Debian/Ubuntu system; install Python 3 and run again." >&2
     return 1
   fi
   echo "streambus: python3 not found; installing it from the distribution's packages" >&2
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
   command -v python3 >/dev/null 2>&1
 }
