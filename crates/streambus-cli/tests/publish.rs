@@ -171,6 +171,61 @@ fn publish_invalid_stdin_line_names_it_and_keeps_earlier_ones() {
     assert_eq!(xlen(&server, "s"), 2);
 }
 
+/// `--key-field host`: each line's key from its `host` field, so that one
+/// process publishes keyed events to a partitioned stream, each host's to
+/// one partition, in order. A line without the field is refused by number.
+#[test]
+fn publish_key_field_routes_each_line_by_its_own_key() {
+    let server = RedisServer::start();
+    let input: String = (0..300)
+        .map(|n| format!("{{\"host\":\"h{}\",\"n\":{n}}}\n", n % 7))
+        .collect();
+    let args = ["--partitions", "4", "--key-field", "host"];
+    ok(&publish_stdin(&server, &args, input.as_bytes()));
+    let mut seen: std::collections::HashMap<String, (u64, Vec<u64>)> = Default::default();
+    let rows = json_lines(&ok(&run(
+        sb_redis(
+            &server,
+            &[
+                "tail",
+                "s",
+                "--partitions",
+                "4",
+                "--from",
+                "0",
+                "-n",
+                "1000",
+            ],
+        ),
+        DEADLINE,
+    )));
+    let total = rows.len();
+    for row in rows {
+        let host = row["key"].as_str().unwrap().to_owned();
+        let p = row["partition"].as_u64().unwrap();
+        let (partition, ns) = seen.entry(host.clone()).or_insert((p, Vec::new()));
+        assert_eq!(*partition, p, "{host} in two partitions");
+        ns.push(data_n(&row));
+    }
+    assert_eq!(total, 300);
+    assert_eq!(seen.len(), 7);
+    for (host, (_, ns)) in &seen {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{host} out of order: {ns:?}"
+        );
+    }
+
+    let o = publish_stdin(
+        &server,
+        &["--key-field", "host"],
+        b"{\"host\":\"a\"}\n{\"n\":1}\n",
+    );
+    let err = fails(&o, 1, "line 2");
+    assert!(err.contains("has no field \"host\""), "{err}");
+    assert_eq!(text(&o.stdout).lines().count(), 1);
+}
+
 #[test]
 fn publish_oversized_payload_writes_nothing() {
     let server = RedisServer::start();

@@ -62,6 +62,12 @@ pub struct PublishArgs {
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
 
+    /// Each line's envelope key from this field of its JSON object (a
+    /// string, or a number's text): keyed events from one process, each to
+    /// its partition. A line without it is refused, with its number.
+    #[arg(long, value_name = "FIELD", conflicts_with_all = ["key", "fields"])]
+    pub key_field: Option<String>,
+
     /// How long to keep retrying one chunk of input while Redis is away
     /// (refused, silent, reset, loading after a restart) before giving up
     /// with the number of the first line not published. The default rides

@@ -9,6 +9,7 @@
 //! [`deliver`].
 
 mod deliver;
+mod key_field;
 mod report;
 
 use anyhow::{bail, Context, Result};
@@ -50,12 +51,16 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     // Check everything given as arguments before connecting: a bad argument
     // publishes nothing.
     let envelope = |text: String| -> Result<Message> {
+        let key = match &args.key_field {
+            Some(field) => Some(key_field::key_of(&text, field)?),
+            None => args.key.clone(),
+        };
         let mut m = Message::json_text(text)?;
         if let Some(t) = &args.kind {
             m = m.with_type(t.clone());
         }
-        if let Some(k) = &args.key {
-            m = m.with_key(k.clone());
+        if let Some(k) = key {
+            m = m.with_key(k);
         }
         check_size(&m, args.max_message_bytes)?;
         Ok(m)
