@@ -94,6 +94,9 @@ fn hint(e: &anyhow::Error) -> Option<&'static str> {
         ErrorKind::Connection => {
             "check --redis (or REDIS_URL); over TLS give the CA with --redis-ca, and --redis-cert/--redis-key if the server asks for a client certificate"
         }
+        ErrorKind::NotReplicated => {
+            "see which replicas are connected (`redis-cli INFO replication` on the primary), or lower --min-replicas / raise --replica-timeout"
+        }
         _ => return None,
     })
 }

@@ -226,6 +226,37 @@ fn publish_key_field_routes_each_line_by_its_own_key() {
     assert_eq!(text(&o.stdout).lines().count(), 1);
 }
 
+/// `--min-replicas`: lines count as published once a replica holds them;
+/// asked for more replicas than there are, publish stops at the first line,
+/// saying it is on the primary but not replicated.
+#[test]
+fn publish_min_replicas_waits_for_replicas_and_says_when_it_cannot() {
+    let setup = streambus_testkit::RedisSentinel::start();
+    let primary = setup.primary();
+    let replica = setup
+        .server_ports()
+        .into_iter()
+        .find(|p| *p != primary.port())
+        .unwrap();
+    let input = numbered(0..500);
+    let out = ok(&publish_stdin(
+        primary,
+        &["--min-replicas", "1"],
+        input.as_bytes(),
+    ));
+    assert_eq!(out.lines().count(), 500);
+    // Acknowledged only once the replica had them: there with no waiting.
+    assert_eq!(xlen(setup.server(replica), "s"), 500);
+
+    let args = ["--min-replicas", "2", "--replica-timeout", "100ms"];
+    let o = publish_stdin(primary, &args, input.as_bytes());
+    let err = fails(&o, 1, "line 1");
+    assert!(
+        err.contains("not yet replicated") && err.contains("1 of 2 replicas"),
+        "{err}"
+    );
+}
+
 #[test]
 fn publish_oversized_payload_writes_nothing() {
     let server = RedisServer::start();

@@ -25,6 +25,12 @@ pub enum ErrorKind {
     /// Redis stayed unreachable for the whole `publish_timeout`: nothing was
     /// written. The error gives the message back ([`Error::unpublished`]).
     Unavailable,
+    /// With `ProducerOptions::min_replicas`: the entry was written on the
+    /// primary (the message names its id), but fewer replicas than asked
+    /// confirmed it in time, so a failover could still lose it. The error
+    /// gives the message back; publishing it again writes a second copy with
+    /// the same envelope id.
+    NotReplicated,
     /// Redis refused the credentials (`WRONGPASS`) or wants some (`NOAUTH`).
     Auth,
     /// The ACL user lacks a permission (`NOPERM`).
@@ -58,6 +64,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unconfirmed => "unconfirmed",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotReplicated => "not replicated",
             ErrorKind::Auth => "auth",
             ErrorKind::Permission => "permission",
             ErrorKind::NoGroup => "no such group",

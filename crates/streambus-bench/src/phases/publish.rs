@@ -21,7 +21,17 @@ use crate::{Error, Result, Throughput};
 
 /// Many tasks calling `publish` at once, one message per call.
 pub(super) async fn publish_concurrent(ctx: &mut Ctx<'_>) -> Result<Throughput> {
-    let stream = ctx.key("publish");
+    publish_concurrent_as(ctx, "publish", "").await
+}
+
+/// [`publish_concurrent`] as row `key`, its name ending with `what` (for the
+/// same phase with other producer options).
+pub(super) async fn publish_concurrent_as(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    what: &str,
+) -> Result<Throughput> {
+    let stream = ctx.key(key);
     let total = ctx.opts.publish_messages;
     let callers = ctx.opts.publish_callers.max(1);
     ctx.say(&format!(
@@ -48,8 +58,8 @@ pub(super) async fn publish_concurrent(ctx: &mut Ctx<'_>) -> Result<Throughput> 
     let elapsed = started.elapsed();
     Ok(throughput_row(
         ctx,
-        "publish",
-        format!("publish, {callers} concurrent callers (library)"),
+        key,
+        format!("publish, {callers} concurrent callers (library){what}"),
         total,
         elapsed,
         rss_reset.then(|| sys::peak_rss(None)).flatten(),
@@ -59,7 +69,16 @@ pub(super) async fn publish_concurrent(ctx: &mut Ctx<'_>) -> Result<Throughput> 
 
 /// `publish_batch` with `batch_size` messages per call, one call at a time.
 pub(super) async fn publish_batches(ctx: &mut Ctx<'_>) -> Result<Throughput> {
-    let stream = ctx.key("batch");
+    publish_batches_as(ctx, "publish_batch", "").await
+}
+
+/// [`publish_batches`] as row `key`, its name ending with `what`.
+pub(super) async fn publish_batches_as(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    what: &str,
+) -> Result<Throughput> {
+    let stream = ctx.key(key);
     let total = ctx.opts.publish_messages;
     let batch = ctx.opts.batch_size.max(1) as u64;
     ctx.say(&format!(
@@ -83,8 +102,8 @@ pub(super) async fn publish_batches(ctx: &mut Ctx<'_>) -> Result<Throughput> {
     let elapsed = started.elapsed();
     Ok(throughput_row(
         ctx,
-        "publish_batch",
-        format!("publish_batch, {batch} per call (library)"),
+        key,
+        format!("publish_batch, {batch} per call (library){what}"),
         total,
         elapsed,
         rss_reset.then(|| sys::peak_rss(None)).flatten(),

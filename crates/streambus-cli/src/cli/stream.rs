@@ -49,6 +49,18 @@ pub struct PublishArgs {
     #[arg(long)]
     pub keep_unacked: bool,
 
+    /// A line counts as published only once N replicas hold it (WAIT after
+    /// each pipeline); a line not replicated within --replica-timeout stops
+    /// publish with its number (it is on the primary) [default: the topology
+    /// file's `min_replicas`, else 0: the primary's acknowledgement].
+    #[arg(long, value_name = "N")]
+    pub min_replicas: Option<u32>,
+
+    /// How long to wait for --min-replicas (below --response-timeout)
+    /// [default: the topology file's `replica_timeout`, else 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub replica_timeout: Option<std::time::Duration>,
+
     /// Largest message accepted (e.g. 512KiB, 1MiB); larger ones are refused
     /// and nothing is written.
     #[arg(long, value_name = "SIZE", value_parser = parse_bytes, default_value = "1MiB")]

@@ -32,9 +32,16 @@ const STDIN_BUFFER: usize = 256 * 1024;
 pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>) -> Result<()> {
     let partitions = super::partitions(args.partitions, topology, &args.stream)?;
     // --maxlen, else the stream's retention in the topology file, else none.
-    let file_retention = topology
-        .and_then(|t| t.stream(&args.stream))
-        .map(|s| s.retention);
+    let file_stream = topology.and_then(|t| t.stream(&args.stream));
+    let file_retention = file_stream.map(|s| s.retention);
+    let min_replicas = args
+        .min_replicas
+        .or(file_stream.and_then(|s| s.min_replicas))
+        .filter(|n| *n > 0);
+    let replica_timeout = args
+        .replica_timeout
+        .or(file_stream.and_then(|s| s.replica_timeout).map(|d| d.0))
+        .unwrap_or(std::time::Duration::from_secs(1));
     let options = ProducerOptions {
         max_message_bytes: args.max_message_bytes,
         retention: super::settings::layered(
@@ -43,6 +50,7 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
             Retention::default(),
         ),
         keep_unacked: args.keep_unacked || file_retention.is_some_and(|r| r.keep_unacked),
+        min_replicas: min_replicas.map(|n| (n, replica_timeout)),
         // While Redis cannot be reached, a publish waits this long.
         publish_timeout: args.retry_for,
         ..Default::default()

@@ -35,6 +35,11 @@ pub struct StreamSpec {
     /// Trimming done by every publish (of each partition); absent: unbounded.
     #[serde(default)]
     pub retention: RetentionSpec,
+    /// Publishes succeed only once this many replicas hold them
+    /// (`streambus::ProducerOptions::min_replicas`).
+    pub min_replicas: Option<u32>,
+    /// How long a publish waits for `min_replicas` (default 1 s).
+    pub replica_timeout: Option<Dur>,
     /// The dead-letter stream's policy.
     pub dead_letter: Option<DeadLetterSpec>,
     /// By group name.

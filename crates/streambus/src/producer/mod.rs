@@ -18,11 +18,13 @@
 //! publish it again with the same envelope id; consumers drop such duplicates with
 //! the worker's idempotency guard.
 
+mod replicas;
 mod retention;
 mod sender;
 mod trim;
 
 pub use retention::Retention;
+use replicas::MinReplicas;
 use sender::sender_task;
 use trim::Trimmer;
 
@@ -58,6 +60,14 @@ pub struct ProducerOptions {
     /// Trimming is approximate (whole nodes), even with `exact: true`.
     /// Default false.
     pub keep_unacked: bool,
+    /// `Some((n, timeout))`: a publish succeeds only once `n` replicas hold
+    /// the entry. Every pipeline ends with `WAIT n timeout`; when fewer
+    /// replicas confirm within `timeout`, each of its entries fails with
+    /// [`ErrorKind::NotReplicated`] (it is on the primary, and a failover
+    /// could still lose it). `timeout` must be below the connection's
+    /// `response_timeout`. Not on Redis Cluster. Default `None`: a publish
+    /// succeeds once the primary has it.
+    pub min_replicas: Option<(u32, Duration)>,
     /// Largest message (bytes of field names and values) accepted; larger ones are
     /// refused before anything is sent. Default 1 MiB.
     pub max_message_bytes: usize,
@@ -87,6 +97,7 @@ impl Default for ProducerOptions {
         ProducerOptions {
             retention: Retention::Unbounded,
             keep_unacked: false,
+            min_replicas: None,
             max_message_bytes: 1024 * 1024,
             max_pipeline: 32,
             batch_pipeline: 128,
@@ -134,6 +145,21 @@ impl Producer {
     /// A producer for `client`, on a connection of its own, checked with
     /// `PING` (so that a wrong address or password fails here).
     pub async fn new(client: &Client, options: ProducerOptions) -> Result<Self> {
+        if let Some((n, timeout)) = options.min_replicas {
+            let response = client.options().response_timeout;
+            if client.is_cluster() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("min_replicas ({n}) is not supported on Redis Cluster: a pipeline's WAIT would have to reach the node of each stream"),
+                ));
+            }
+            if timeout >= response {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("min_replicas timeout {timeout:?} must be below the connection's response timeout ({response:?}): WAIT holds the reply that long"),
+                ));
+            }
+        }
         Ok(Self::on(client.connect().await?, options))
     }
 
@@ -160,6 +186,7 @@ impl Producer {
             options.publish_timeout,
             rx,
             trimmer.clone(),
+            min_replicas(&options),
         ));
         Producer {
             inner: Arc::new(Inner {
@@ -270,6 +297,7 @@ impl Producer {
         let o = &self.inner.options;
         let retention = self.xadd_retention();
         let now = clock(retention);
+        let wait = min_replicas(o);
         let deadline = Instant::now() + o.publish_timeout;
         // Larger than the sender task's pipelines: one caller, so no convoy of
         // callers to break up, and fewer writes. Measured (1000 per call, 8 in
@@ -299,6 +327,9 @@ impl Producer {
                 for m in chunks[c] {
                     pipe.add_command(xadd(stream, m, retention, now));
                 }
+                if let Some(w) = &wait {
+                    w.add_wait(&mut pipe);
+                }
                 let mut conn = self.inner.conn.clone();
                 in_flight
                     .push_back(async move { (c, pipe.query_async::<Vec<Value>>(&mut conn).await) });
@@ -320,16 +351,25 @@ impl Producer {
             };
             let first = c * size;
             let chunk = chunks[c];
+            let refused_for_now = |replies: &[Value]| match &wait {
+                Some(w) => all_refused_for_now(w.xadds(replies)),
+                None => all_refused_for_now(replies),
+            };
             match replies {
-                Ok(replies) if all_refused_for_now(&replies) && Instant::now() < deadline => {
+                Ok(replies) if refused_for_now(&replies) && Instant::now() < deadline => {
                     not_sent_yet.push(c)
                 }
-                Ok(replies) => {
+                Ok(mut replies) => {
                     delay = RESEND_FIRST_DELAY;
+                    let short = wait.as_ref().and_then(|w| w.take_reply(&mut replies));
                     let mut written = 0;
                     for (i, r) in replies.into_iter().enumerate() {
                         let outcome = entry_id(stream, r);
                         written += u64::from(outcome.is_ok());
+                        let outcome = match (outcome, &wait, &short) {
+                            (Ok(id), Some(w), Some(why)) => Err(w.not_replicated(stream, id, why)),
+                            (outcome, ..) => outcome,
+                        };
                         // Any refusal stops the batch, `LOADING` included: a
                         // later pipeline written once loading ended would put
                         // messages out of order.
@@ -406,6 +446,12 @@ impl Producer {
         }
         Ok(())
     }
+}
+
+/// The replication a publish waits for, if any.
+fn min_replicas(o: &ProducerOptions) -> Option<MinReplicas> {
+    o.min_replicas
+        .map(|(replicas, timeout)| MinReplicas { replicas, timeout })
 }
 
 /// Counts written entries (one label allocation per pipeline, not per entry).

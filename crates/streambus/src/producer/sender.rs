@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::{
-    all_refused_for_now, count_published, entry_id, send_error, Job, Trimmer, RESEND_FIRST_DELAY,
+    all_refused_for_now, count_published, entry_id, send_error, Job, MinReplicas, Trimmer, RESEND_FIRST_DELAY,
     RESEND_MAX_DELAY,
 };
 use crate::connection::{not_sent, Connection};
@@ -37,6 +37,7 @@ pub(super) async fn sender_task(
     publish_timeout: Duration,
     mut rx: mpsc::Receiver<Job>,
     trimmer: Option<Arc<Trimmer>>,
+    wait: Option<MinReplicas>,
 ) {
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -48,7 +49,13 @@ pub(super) async fn sender_task(
             jobs = recv_jobs(&mut rx, max_pipeline), if room => match jobs {
                 Some(jobs) => {
                     for jobs in by_stream(jobs) {
-                        in_flight.push(send_pipeline(conn.clone(), jobs, publish_timeout, trimmer.clone()));
+                        in_flight.push(send_pipeline(
+                            conn.clone(),
+                            jobs,
+                            publish_timeout,
+                            trimmer.clone(),
+                            wait,
+                        ));
                     }
                 }
                 None => break,
@@ -88,11 +95,15 @@ async fn send_pipeline(
     mut jobs: Vec<Job>,
     publish_timeout: Duration,
     trimmer: Option<Arc<Trimmer>>,
+    wait: Option<MinReplicas>,
 ) {
-    let mut pipe = redis::Pipeline::with_capacity(jobs.len());
+    let mut pipe = redis::Pipeline::with_capacity(jobs.len() + 1);
     pipe.ignore_errors();
     for job in &mut jobs {
         pipe.add_command(std::mem::take(&mut job.xadd));
+    }
+    if let Some(w) = &wait {
+        w.add_wait(&mut pipe);
     }
     let deadline = jobs.iter().map(|j| j.deadline).min();
     let mut delay = RESEND_FIRST_DELAY;
@@ -100,7 +111,10 @@ async fn send_pipeline(
         let result = pipe.query_async::<Vec<Value>>(&mut conn).await;
         let again = match &result {
             Err(e) => not_sent(e),
-            Ok(replies) => all_refused_for_now(replies),
+            Ok(replies) => match &wait {
+                Some(w) => all_refused_for_now(w.xadds(replies)),
+                None => all_refused_for_now(replies),
+            },
         };
         if again && deadline.is_some_and(|d| Instant::now() + delay < d) {
             tokio::time::sleep(delay).await;
@@ -110,12 +124,17 @@ async fn send_pipeline(
         break result;
     };
     match result {
-        Ok(replies) => {
+        Ok(mut replies) => {
+            let short = wait.as_ref().and_then(|w| w.take_reply(&mut replies));
             let mut written = 0;
             let stream = jobs.first().map(|j| j.stream.clone());
             for (job, r) in jobs.into_iter().zip(replies) {
                 let id = entry_id(&job.stream, r);
                 written += u64::from(id.is_ok());
+                let id = match (id, &wait, &short) {
+                    (Ok(id), Some(w), Some(why)) => Err(w.not_replicated(&job.stream, id, why)),
+                    (id, ..) => id,
+                };
                 // The caller may have stopped waiting; its result is then unwanted.
                 let _ = job
                     .reply
