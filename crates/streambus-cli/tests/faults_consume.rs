@@ -77,6 +77,33 @@ fn assert_exactly_once(printed: &[String], published: &[String]) {
     );
 }
 
+/// Waits until consume (its stdout paused, `--batch-size 10`) is held in its
+/// write: group `g`'s pending count stays the same, at 10 or more, for five
+/// polls in a row. Returns it: the batch being printed, and at most the one
+/// read ahead while it was.
+#[track_caller]
+fn held_pending(s: &Proxied, stream: &str) -> u64 {
+    let (mut held, mut steady) = (0, 0);
+    wait_until(DEADLINE, "consume held with a batch pending", || {
+        // XPENDING's count; none before consume has created the group.
+        let summary = s.redis.cli(&["XPENDING", stream, "g"]);
+        let now = summary.lines().next().and_then(|l| l.trim().parse().ok());
+        let now: u64 = now.unwrap_or(0);
+        steady = if now >= 10 && now == held {
+            steady + 1
+        } else {
+            0
+        };
+        held = now;
+        steady >= 5
+    });
+    assert!(
+        held == 10 || held == 20,
+        "{held} pending: a batch, and at most one read ahead"
+    );
+    held
+}
+
 /// The run succeeded, printed every entry published exactly once, and left
 /// nothing pending in group `g`.
 #[track_caller]
@@ -121,24 +148,7 @@ fn consume_retries_an_ack_lost_in_a_black_hole_without_printing_twice() {
     run.paused.store(true, Ordering::Relaxed);
     // Held in its write: a batch stays delivered and unacknowledged (and the
     // next one, read ahead while it was being printed).
-    let (mut held, mut steady) = (0, 0);
-    wait_until(DEADLINE, "consume held with a batch pending", || {
-        // XPENDING's count; none before consume has created the group.
-        let summary = s.redis.cli(&["XPENDING", stream, "g"]);
-        let now = summary.lines().next().and_then(|l| l.trim().parse().ok());
-        let now: u64 = now.unwrap_or(0);
-        steady = if now >= 10 && now == held {
-            steady + 1
-        } else {
-            0
-        };
-        held = now;
-        steady >= 5
-    });
-    assert!(
-        held == 10 || held == 20,
-        "{held} pending: a batch, and at most one read ahead"
-    );
+    let held = held_pending(&s, stream);
     s.proxy.black_hole();
     let cut = Instant::now();
     run.paused.store(false, Ordering::Relaxed);
@@ -177,19 +187,7 @@ fn consume_stopped_with_a_read_ahead_prints_it_and_leaves_nothing_pending() {
     let published = add_big(&s.redis, stream, 0, 200);
     let run = consume(&s.proxy.url(), stream, 1000, &["--batch-size", "10"]);
     run.paused.store(true, Ordering::Relaxed);
-    let (mut held, mut steady) = (0, 0);
-    wait_until(DEADLINE, "consume held with a batch pending", || {
-        let summary = s.redis.cli(&["XPENDING", stream, "g"]);
-        let now = summary.lines().next().and_then(|l| l.trim().parse().ok());
-        let now: u64 = now.unwrap_or(0);
-        steady = if now >= 10 && now == held {
-            steady + 1
-        } else {
-            0
-        };
-        held = now;
-        steady >= 5
-    });
+    held_pending(&s, stream);
     run.terminate();
     run.paused.store(false, Ordering::Relaxed);
     let first = run.exit();
