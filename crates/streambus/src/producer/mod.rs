@@ -23,8 +23,8 @@ mod retention;
 mod sender;
 mod trim;
 
-pub use retention::Retention;
 use replicas::MinReplicas;
+pub use retention::Retention;
 use sender::sender_task;
 use trim::Trimmer;
 

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use super::{
-    all_refused_for_now, count_published, entry_id, send_error, Job, MinReplicas, Trimmer, RESEND_FIRST_DELAY,
-    RESEND_MAX_DELAY,
+    all_refused_for_now, count_published, entry_id, send_error, Job, MinReplicas, Trimmer,
+    RESEND_FIRST_DELAY, RESEND_MAX_DELAY,
 };
 use crate::connection::{not_sent, Connection};
 
