@@ -50,6 +50,20 @@ pub fn partition(stream: &str, index: u32) -> String {
     format!("{stream}:p{index}")
 }
 
+/// The owner lease of `group` on one partition (`partition_key`, which has its
+/// own hash tag): `<partition_key>:lease:<group>`, in the partition's slot, so
+/// that a script may check it and acknowledge on the partition atomically.
+pub fn partition_lease(partition_key: &str, group: &str) -> String {
+    format!("{}:lease:{group}", slot_prefix(partition_key))
+}
+
+/// The member registry of `group` on the logical stream `stream`: one sorted
+/// set (member token to last-seen time), `{<stream>}:members:<group>`, so that
+/// a member reads every live member with one command on one slot.
+pub fn partition_members(stream: &str, group: &str) -> String {
+    format!("{}:members:{group}", slot_prefix(stream))
+}
+
 /// The Redis Cluster slot of a key (CRC16/XMODEM of its hash tag, mod 16384).
 pub fn slot(key: &str) -> u16 {
     crc16(hash_tag(key).as_bytes()) % 16_384

@@ -19,6 +19,7 @@
 //! | `streambus_group_oldest_pending_seconds` | gauge | stream, group | age of the oldest pending entry (monitor) |
 //! | `streambus_group_consumers` | gauge | stream, group, status | consumers by status (monitor) |
 //! | `streambus_group_target_consumers` | gauge | stream, group | the scaler's target (monitor) |
+//! | `streambus_partitions_unowned` | gauge | stream, group | partitions of a leased group that no member holds (monitor) |
 //! | `streambus_reconnects_total` | counter | | sockets to Redis replaced after one failed (timed out, reset, closed) |
 
 /// Counter: entries written by a producer.
@@ -47,6 +48,8 @@ pub const GROUP_OLDEST_PENDING_SECONDS: &str = "streambus_group_oldest_pending_s
 pub const GROUP_CONSUMERS: &str = "streambus_group_consumers";
 /// Gauge: the scaler's target number of consumers.
 pub const GROUP_TARGET_CONSUMERS: &str = "streambus_group_target_consumers";
+/// Gauge: partitions of a leased group without an owner.
+pub const PARTITIONS_UNOWNED: &str = "streambus_partitions_unowned";
 /// Counter: sockets to Redis dialed again after one failed (timed out, reset, closed).
 pub const RECONNECTS: &str = "streambus_reconnects_total";
 
@@ -70,6 +73,10 @@ pub fn describe() {
     describe_gauge!(STREAM_LENGTH, "Entries in the stream");
     describe_gauge!(GROUP_LAG, "Entries not yet delivered to the group");
     describe_gauge!(GROUP_PENDING, "Delivered, unacknowledged entries");
+    describe_gauge!(
+        PARTITIONS_UNOWNED,
+        "Partitions of a leased group that no member holds"
+    );
     describe_gauge!(
         GROUP_OLDEST_PENDING_SECONDS,
         Unit::Seconds,

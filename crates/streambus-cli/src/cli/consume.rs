@@ -38,9 +38,41 @@ pub struct ConsumeArgs {
     /// Static membership: this process is member I of N (e.g. `0/3`) and
     /// reads only the partitions P with P % N == I, so that each partition (and
     /// so each key) is read by one process at a time. While a member is down,
-    /// its partitions wait for it. Needs a partitioned stream.
+    /// its partitions wait for it. Needs a partitioned stream. Without it,
+    /// --exec and --pipe on a partitioned stream use leased membership:
+    /// processes join and leave freely, each partition is owned by one live
+    /// process at a time (an owner lease in Redis), and the partitions of a
+    /// process that stops or dies move to the others (see --lease-time).
     #[arg(long, value_name = "I/N", value_parser = parse_member)]
     pub member: Option<(usize, usize)>,
+
+    /// Leased membership (a partitioned stream with --exec or --pipe, no
+    /// --member): how long a partition's owner lease lasts unless renewed. A
+    /// process that dies holds its partitions this long (plus one renewal),
+    /// one that stops gracefully hands them over at once. A command that
+    /// runs longer than the lease time minus --lease-renew may overlap with
+    /// the next owner if this process is paused or cut off [default: 10s].
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "runner",
+        conflicts_with = "member",
+        help_heading = EXEC_HEADING
+    )]
+    pub lease_time: Option<Duration>,
+
+    /// Leased membership: how often leases are renewed and the live
+    /// processes looked at; at most half of --lease-time [default: 3s].
+    #[arg(
+        long,
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        requires = "runner",
+        conflicts_with = "member",
+        help_heading = EXEC_HEADING
+    )]
+    pub lease_renew: Option<Duration>,
 
     /// The consumer group (created if missing, at --from).
     #[arg(short, long, value_name = "GROUP")]

@@ -55,7 +55,12 @@
 //! the `PartitionedSnapshot`: `stream`, `length`, `groups[]` (`name`,
 //! `pending`, `lag`, `partitions`: how many partitions have the group) and
 //! `partitions[]` (each partition's snapshot, as above; missing partitions are
-//! left out). `--cleanup` cleans up each partition; with `--json`, one
+//! left out) and `owners[]`: for each group with leased membership
+//! (`consume --exec/--pipe` without `--member`), `group`, `leased`,
+//! `members` (live consumer names), `unowned` (partitions without an owner)
+//! and `partitions[]` with `partition`, `key`, `owner` (null: none),
+//! `held_ms`, `renewed_ms_ago`, `expires_in_ms`, `lag` and `pending`; the
+//! text form shows them after the group totals. `--cleanup` cleans up each partition; with `--json`, one
 //! document `{"stream", "partitions": [{"partition", "key", "report"}]}`.
 
 use std::io::IsTerminal;
@@ -65,7 +70,7 @@ use anyhow::{bail, Result};
 use streambus::admin::monitor::{self, CleanupOptions, CleanupReport, GroupSnapshot};
 use streambus::admin::monitor::{Monitor, MonitorOptions, StreamSnapshot};
 use streambus::config::format_duration;
-use streambus::partition::{self, PartitionedSnapshot, Partitions};
+use streambus::partition::{self, PartitionOwners, PartitionedSnapshot, Partitions};
 use streambus::{Client, Connection, ErrorKind};
 
 use super::retry::{one_line, Outage};
@@ -280,10 +285,54 @@ fn render_partitioned(snap: &PartitionedSnapshot) -> Vec<String> {
             g.name, g.pending, g.partitions
         ));
     }
+    for o in &snap.owners {
+        lines.extend(owner_lines(o));
+    }
     for part in &snap.partitions {
         lines.push(String::new());
         lines.push(format!("partition {}:", part.stream));
         lines.extend(render(part).into_iter().map(|l| format!("  {l}")));
+    }
+    lines
+}
+
+/// A leased group's owners: the live members and the partitions without an
+/// owner, then per partition its owner, the lease's age, time since its last
+/// renewal and until its expiry, and the group's lag and pending there.
+fn owner_lines(o: &PartitionOwners) -> Vec<String> {
+    let secs = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        )
+    };
+    let members = if o.members.is_empty() {
+        "none".to_owned()
+    } else {
+        o.members.join(", ")
+    };
+    let mut lines = vec![format!(
+        "group {}: leased, {} live members ({members}), {} partitions without an owner",
+        o.group,
+        o.members.len(),
+        o.unowned
+    )];
+    for p in &o.partitions {
+        let lag = p.lag.map_or_else(|| "?".to_owned(), |l| l.to_string());
+        lines.push(match &p.owner {
+            Some(owner) => format!(
+                "  partition {}: owner {owner}, held {}, renewed {} ago, expires in {}, lag {lag}, pending {}",
+                p.partition,
+                secs(p.held_ms),
+                secs(p.renewed_ms_ago),
+                secs(p.expires_in_ms),
+                p.pending
+            ),
+            None => format!(
+                "  partition {}: NO OWNER, lag {lag}, pending {}",
+                p.partition, p.pending
+            ),
+        });
     }
     lines
 }

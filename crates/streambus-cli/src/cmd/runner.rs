@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use streambus::partition::{PartitionedWorker, Partitions};
+use streambus::partition::{LeaseOptions, PartitionedWorker, Partitions};
 use streambus::{
     Backoff, CancellationToken, Client, Entry, Handler, Outcome, Worker, WorkerOptions,
     WorkerReport,
@@ -61,8 +61,25 @@ pub fn options(
     options
 }
 
-/// Runs `handler` over the group (every partition of a partitioned stream, or
-/// those of `--member`) until `stop`.
+/// `--lease-time` and `--lease-renew` over the library's defaults (10 s, 3 s).
+/// Only the lease time given: renewed at a third of it, the defaults' ratio.
+fn lease_options(args: &ConsumeArgs) -> LeaseOptions {
+    let defaults = LeaseOptions::default();
+    let lease_time = args.lease_time.unwrap_or(defaults.lease_time);
+    let renew_interval = match (args.lease_renew, args.lease_time) {
+        (Some(r), _) => r,
+        (None, Some(t)) => t / 3,
+        (None, None) => defaults.renew_interval,
+    };
+    LeaseOptions {
+        lease_time,
+        renew_interval,
+    }
+}
+
+/// Runs `handler` over the group until `stop`: a plain stream, the partitions
+/// of `--member`, or (a partitioned stream without `--member`) the partitions
+/// this process's owner leases give it (leased membership).
 pub async fn run_worker<H: Handler>(
     client: &Client,
     args: &ConsumeArgs,
@@ -72,16 +89,22 @@ pub async fn run_worker<H: Handler>(
     stop: CancellationToken,
 ) -> Result<WorkerReport> {
     Ok(match partitions {
+        None if args.lease_time.is_some() || args.lease_renew.is_some() => {
+            anyhow::bail!(
+                "--lease-time and --lease-renew need a partitioned stream (--partitions N above 1, or partitions in the topology file): a plain stream has no partitions to lease"
+            )
+        }
         None => {
             Worker::new(client, &args.stream, &args.group, options)
                 .run(handler, stop)
                 .await?
         }
         Some(p) => {
-            let mut worker = PartitionedWorker::new(client, p, &args.group, options);
-            if let Some((i, n)) = args.member {
-                worker = worker.member(i, n);
-            }
+            let worker = PartitionedWorker::new(client, p, &args.group, options);
+            let worker = match args.member {
+                Some((i, n)) => worker.member(i, n),
+                None => worker.leased(lease_options(args)),
+            };
             worker.run(handler, stop).await?
         }
     })

@@ -15,6 +15,7 @@ use crate::entry::Entry;
 use crate::error::Result;
 use crate::handler::Handler;
 use crate::id::EntryId;
+use crate::partition::lease;
 
 /// Acknowledgements waiting to be sent.
 #[derive(Debug, Default)]
@@ -104,7 +105,13 @@ impl<H: Handler> Shared<H> {
     }
 
     /// Moves the queued acknowledgements (up to `ack_batch_size`) into `acks`.
+    ///
+    /// Under a lease, none: the flusher sends every ack, through the fenced
+    /// script, instead of a plain XACK alongside a read.
     pub(super) fn take_acks(&self, acks: &mut Vec<EntryId>) {
+        if self.fence.is_some() {
+            return;
+        }
         lock(&self.acks).take(acks, self.options.ack_batch_size);
     }
 
@@ -186,8 +193,27 @@ impl<H: Handler> Shared<H> {
         while !ids.is_empty() {
             let n = ids.len().min(o.ack_batch_size.max(1));
             let mut conn = self.conn.clone();
-            match consumer::ack(&mut conn, &self.stream, &self.group, &ids[..n]).await {
-                Ok(_) => self.acked(ids.drain(..n)),
+            let sent = match &self.fence {
+                None => consumer::ack(&mut conn, &self.stream, &self.group, &ids[..n])
+                    .await
+                    .map(Some),
+                // Lost here already: not even sent.
+                Some(fence) if !fence.holds() => Ok(None),
+                Some(fence) => {
+                    lease::fenced_ack(&mut conn, &self.stream, &self.group, fence, &ids[..n]).await
+                }
+            };
+            match sent {
+                Ok(Some(_)) => self.acked(ids.drain(..n)),
+                Ok(None) => {
+                    // The lease is another member's now: it takes these
+                    // entries over (pending) and handles them again.
+                    if let Some(fence) = &self.fence {
+                        fence.revoke();
+                    }
+                    warn!(stream = %self.stream, ids = n, "lost the partition's lease; not acknowledging, the new owner handles these entries again");
+                    self.in_flight.clear(ids.drain(..n));
+                }
                 Err(e) if e.is_retryable() && (!stopping || attempt < 10) => {
                     attempt += 1;
                     let delay = o

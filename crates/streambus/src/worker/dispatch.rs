@@ -274,8 +274,10 @@ impl<H: Handler> Shared<H> {
             permit: _permit,
             mark,
         } = job;
-        if self.hard_stop.is_cancelled() {
-            // `run` was dropped, or the grace ran out: left pending.
+        if self.hard_stop.is_cancelled() || self.fenced_out() {
+            // `run` was dropped, or the grace ran out, or (leased) the
+            // partition's lease is lost: left pending, for a later run or the
+            // new owner. Checked right before the handler, locally.
             return;
         }
         let id = d.entry.id;
@@ -324,6 +326,11 @@ impl<H: Handler> Shared<H> {
                 }
             }
         };
+        if self.fenced_out() {
+            // Lost while taking the idempotency lease: not handled here.
+            self.release(lease, id).await;
+            return;
+        }
         let started = Instant::now();
         // The handler is called *inside* the guarded future: a closure may
         // panic before it returns its future.

@@ -31,6 +31,9 @@ pub(super) struct ReclaimCursor {
     /// The first full scan after start: own entries are left over from a previous
     /// run and due at once.
     pub(super) first_pass: bool,
+    /// The scan under way found due entries it had no permits for. Under a
+    /// lease the first pass then starts over (draining own entries first).
+    pub(super) left_over: bool,
 }
 
 /// Retry delays asked for by the handler (`Outcome::retry_after`), by entry.
@@ -151,14 +154,30 @@ impl<H: Handler> Shared<H> {
             let min_scan = self.min_scan(cursor.first_pass);
             lock(&self.retry_schedule).begin_pass(Instant::now(), min_scan);
         }
+        let mut again = false;
         match self
-            .reclaim_page(policy, cursor.from, page_size, cursor.first_pass, permits)
+            .reclaim_page(
+                policy,
+                cursor.from,
+                page_size,
+                cursor.first_pass,
+                permits,
+                &mut cursor.left_over,
+            )
             .await
         {
-            Ok(Some(last)) => cursor.from = Some(last.next()),
+            Ok(Some(last)) => {
+                cursor.from = Some(last.next());
+                // Draining under a lease: the next page as soon as there
+                // are permits for it.
+                again = self.fence.is_some() && cursor.first_pass;
+            }
             Ok(None) => {
                 cursor.from = None;
-                cursor.first_pass = false;
+                // Under a lease the first pass repeats until it has handed
+                // out every own pending entry (see the read loop).
+                cursor.first_pass = self.fence.is_some() && std::mem::take(&mut cursor.left_over);
+                again = cursor.first_pass;
                 let pruned = lock(&self.retry_schedule).end_pass();
                 if pruned > 0 {
                     debug!(
@@ -175,7 +194,7 @@ impl<H: Handler> Shared<H> {
                 cursor.from = None;
             }
         }
-        cursor.next_at = if cursor.from.is_some() && !permits.is_empty() {
+        cursor.next_at = if again || (cursor.from.is_some() && !permits.is_empty()) {
             Instant::now()
         } else {
             Instant::now() + self.options.reclaim_interval
@@ -191,6 +210,7 @@ impl<H: Handler> Shared<H> {
         page_size: usize,
         first_pass: bool,
         permits: &mut Vec<OwnedSemaphorePermit>,
+        left_over: &mut bool,
     ) -> Result<Option<EntryId>> {
         let o = &self.options;
         let mut conn = self.conn.clone();
@@ -229,6 +249,7 @@ impl<H: Handler> Shared<H> {
         // from those reserved for this pass; without one, it stays due).
         for (min_idle, p) in to_move {
             let Some(permit) = permits.pop() else {
+                *left_over = true;
                 break;
             };
             let Some(mark) = self.in_flight.mark(p.id) else {
@@ -251,6 +272,7 @@ impl<H: Handler> Shared<H> {
             HashMap::new();
         for (min_idle, id, deliveries) in to_claim {
             let Some(permit) = permits.pop() else {
+                *left_over = true;
                 break;
             };
             by_idle
@@ -292,6 +314,10 @@ impl<H: Handler> Shared<H> {
     /// Moves an entry to the dead-letter stream, retrying while Redis is
     /// unreachable; then clears its mark and its retry delay.
     pub(super) async fn dead_letter(&self, mark: Mark, reason: &str, guard: MoveGuard) {
+        if self.fenced_out() {
+            // Leased and lost: the new owner decides about this entry.
+            return;
+        }
         let id = mark.id();
         let mut conn = self.conn.clone();
         let mut jitter = Jitter::new();

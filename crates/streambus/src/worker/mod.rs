@@ -73,6 +73,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Handler;
 use crate::keys;
 use crate::metrics as m;
+use crate::partition::lease::Fence;
 
 use acks::AckQueue;
 use dispatch::{InFlight, KeyQueue};
@@ -127,6 +128,9 @@ pub struct Worker {
     /// Whether `run` checks the server's settings first; off for the workers of a
     /// partitioned stream, whose owner checks once for all of them.
     preflight: bool,
+    /// Set by a leased [`crate::partition::PartitionedWorker`]: the partition's
+    /// owner lease, checked before reads, handlers and acks (see `Shared::fence`).
+    fence: Option<Arc<Fence>>,
 }
 
 impl Worker {
@@ -149,6 +153,7 @@ impl Worker {
             consumer,
             options,
             preflight: true,
+            fence: None,
         }
     }
 
@@ -156,6 +161,14 @@ impl Worker {
     /// owner of several workers).
     pub(crate) fn without_preflight(mut self) -> Self {
         self.preflight = false;
+        self
+    }
+
+    /// Runs under a partition's owner lease: reads, handlers and acks stop
+    /// once `fence` is lost, acks are fenced by the lease atomically, and
+    /// pending entries are handled before new ones are read (the handover).
+    pub(crate) fn with_fence(mut self, fence: Arc<Fence>) -> Self {
+        self.fence = Some(fence);
         self
     }
 
@@ -249,6 +262,7 @@ impl Worker {
             stats: Stats::default(),
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            fence: self.fence.clone(),
             metrics: Metrics {
                 delivered: metrics::counter!(m::DELIVERED, &labels),
                 acked: metrics::counter!(m::ACKED, &labels),
@@ -372,7 +386,20 @@ struct Shared<H> {
     /// Cancelled when the shutdown grace runs out, or `run` is dropped:
     /// unfinished handlers are dropped.
     hard_stop: CancellationToken,
+    /// Leased partitions only: the owner lease. Once it is lost (its local
+    /// deadline passed, or a renewal or fenced ack found it taken), nothing
+    /// more is read, claimed, handled, dead-lettered or acknowledged here; the
+    /// read loop ends and the worker stops. Checked locally (no round trip);
+    /// acks are also fenced in Redis (`fenced_ack.lua`).
+    fence: Option<Arc<Fence>>,
     metrics: Metrics,
+}
+
+impl<H> Shared<H> {
+    /// Whether this worker has lost its partition's lease (never without one).
+    fn fenced_out(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| !f.holds())
+    }
 }
 
 /// The read-ahead of a sequential worker (see `Shared::note_pace`).

@@ -57,6 +57,7 @@ impl<H: Handler> Shared<H> {
             next_at: Instant::now(),
             from: None,
             first_pass: true,
+            left_over: false,
         };
         let mut failures: u32 = 0;
         let mut jitter = Jitter::new();
@@ -77,6 +78,13 @@ impl<H: Handler> Shared<H> {
             *on_shared
         };
         loop {
+            if self.fenced_out() {
+                // The partition's lease is lost: a new owner may read it now.
+                // A read still under way is aborted (`ahead` is dropped); what
+                // it took stays pending for the new owner.
+                warn!(stream = %self.stream, group = %self.group, "lost the partition's lease; stopping");
+                return;
+            }
             let (read, mut permits, requested) = if let Some(sent) = ahead.take() {
                 // In stream order, one read at a time: two reads sent by two
                 // tasks may reach Redis in either order.
@@ -129,8 +137,27 @@ impl<H: Handler> Shared<H> {
                     tokio::task::yield_now().await;
                     self.take_free_permits(&mut permits);
                 }
+                if self.fenced_out() {
+                    continue;
+                }
                 if Instant::now() >= reclaim.next_at {
                     self.reclaim_step(&policy, &mut reclaim, &mut permits).await;
+                }
+                // A leased partition's new owner hands out its pending entries
+                // (the old owner's, taken over in id order) before any new
+                // one, so that first deliveries keep per-key order across the
+                // handover. The unused permits go back; after a failed scan
+                // the next one is due only after `reclaim_interval`.
+                if self.fence.is_some() && reclaim.first_pass {
+                    drop(permits);
+                    let wait = reclaim.next_at.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                    continue;
                 }
                 // None left (the read-ahead allowance shrank, or the reclaim
                 // pass used them): no read. A read is never sent for more
@@ -150,7 +177,14 @@ impl<H: Handler> Shared<H> {
                     continue;
                 }
                 let until_reclaim = reclaim.next_at.saturating_duration_since(Instant::now());
-                let block = o.block.min(until_reclaim).max(Duration::from_millis(1));
+                let mut block = o.block.min(until_reclaim);
+                if let Some(fence) = &self.fence {
+                    // Redis must serve the read while the lease is held: a
+                    // read served later could take entries a new owner reads
+                    // after (they would wait for the visibility timeout).
+                    block = block.min(fence.remaining());
+                }
+                let block = block.max(Duration::from_millis(1));
                 // A read that has started is not abandoned on shutdown: Redis may
                 // already have delivered entries to it, which would then sit
                 // pending under this name until reclaimed. It ends within `block`,

@@ -19,6 +19,17 @@
 //!   needs its own connection: Redis Cluster refuses a read across keys of
 //!   different slots (CROSSSLOT), so one read cannot serve two partitions, even
 //!   on the same node.
+//! - **Membership.** Per-key order across processes needs one reader per
+//!   partition at a time: static ([`PartitionedWorker::member`]) or leased
+//!   ([`PartitionedWorker::leased`]: owner leases in Redis, `lease`; the
+//!   member loop, `leased`; who owns what, [`owners`]).
+
+pub(crate) mod lease;
+mod leased;
+mod owners;
+
+pub use leased::LeaseOptions;
+pub use owners::{owners, PartitionOwner, PartitionOwners};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -217,19 +228,33 @@ impl PartitionedProducer {
 /// options (`concurrency` is per partition).
 ///
 /// **Per-key order across several processes** needs each partition to be read
-/// by one process at a time: give each of N processes its member number with
-/// [`PartitionedWorker::member`] (`i` of `n`), and it reads only partitions
-/// `p` with `p % n == i`. This is static membership: while a member is down,
-/// its partitions wait for it (its pending entries stay pending, nothing is
-/// lost), like a Kafka consumer with a static group id. Without `member`, a
-/// process reads every partition, and several such processes share each
-/// partition's entries (no order across them).
+/// by one process at a time. Two ways:
+///
+/// - **Leased** ([`PartitionedWorker::leased`]): members join and leave
+///   without configuration. Each partition has an owner lease in Redis; the
+///   partitions spread evenly over the live members (at most ⌈P/M⌉ each) and
+///   move when members join, leave or die (after the lease time). A new owner
+///   first takes over the old owner's pending entries, in order; an owner
+///   that lost its lease (paused, cut off) stops handling and acknowledging.
+///   Give each process its own consumer name (the default one is).
+/// - **Static** ([`PartitionedWorker::member`], `i` of `n`): reads only the
+///   partitions `p` with `p % n == i`; while a member is down, its partitions
+///   wait for it (nothing is lost), like a Kafka consumer with a static group
+///   id.
+///
+/// With neither, a process reads every partition, and several such
+/// processes share each partition's entries (no order across them). This
+/// stays the library's default because it needs nothing in Redis beyond the
+/// group and is what existing callers rely on; the CLI (`consume --partitions
+/// N --exec/--pipe` without `--member`) uses leases.
 pub struct PartitionedWorker {
     client: Client,
     partitions: Partitions,
     group: String,
     options: WorkerOptions,
     member: Option<(usize, usize)>,
+    /// With [`PartitionedWorker::leased`].
+    lease: Option<LeaseOptions>,
 }
 
 impl PartitionedWorker {
@@ -247,17 +272,29 @@ impl PartitionedWorker {
             group: group.into(),
             options,
             member: None,
+            lease: None,
         }
+    }
+
+    /// Leased membership (see the type's docs): the partitions this process
+    /// reads follow the live members of the group. Replaces
+    /// [`PartitionedWorker::member`].
+    pub fn leased(mut self, options: LeaseOptions) -> Self {
+        self.lease = Some(options);
+        self.member = None;
+        self
     }
 
     /// Reads only the partitions of member `index` of `members` (see the type's
     /// docs). Fails at `run` if `index >= members`.
     pub fn member(mut self, index: usize, members: usize) -> Self {
         self.member = Some((index, members));
+        self.lease = None;
         self
     }
 
-    /// The partition keys this worker reads.
+    /// The partition keys this worker reads (leased: every partition it may
+    /// come to own).
     pub fn assigned(&self) -> Vec<&str> {
         self.partitions
             .keys()
@@ -276,6 +313,9 @@ impl PartitionedWorker {
         handler: H,
         shutdown: CancellationToken,
     ) -> Result<WorkerReport> {
+        if let Some(lease) = self.lease.clone() {
+            return leased::run(self, lease, handler, shutdown).await;
+        }
         if let Some((i, n)) = self.member {
             if i >= n {
                 return Err(Error::new(
@@ -337,6 +377,9 @@ pub struct PartitionedSnapshot {
     pub groups: Vec<GroupTotals>,
     /// Each partition's own snapshot, in partition order.
     pub partitions: Vec<StreamSnapshot>,
+    /// For each group with leased membership: who owns each partition, the
+    /// lease ages, the live members and the partitions without an owner.
+    pub owners: Vec<PartitionOwners>,
 }
 
 /// One group's totals over the partitions.
@@ -353,7 +396,8 @@ pub struct GroupTotals {
     pub partitions: usize,
 }
 
-/// Snapshots every partition (missing ones count as empty) and adds them up.
+/// Snapshots every partition (missing ones count as empty) and adds them up;
+/// for leased groups, adds who owns each partition ([`owners`]).
 pub async fn snapshot(
     conn: &mut Connection,
     partitions: &Partitions,
@@ -385,11 +429,23 @@ pub async fn snapshot(
             }
         }
     }
+    let mut leased = Vec::new();
+    for g in &groups {
+        match owners(conn, partitions, &g.name).await {
+            Ok(o) if o.leased => leased.push(o),
+            Ok(_) => {}
+            // A monitor user allowed the streams but not the lease keys (or
+            // TIME): the snapshot without the owners.
+            Err(e) if e.kind() == ErrorKind::Permission => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(PartitionedSnapshot {
         stream: partitions.stream().to_owned(),
         length: parts.iter().map(|p| p.length).sum(),
         groups,
         partitions: parts,
+        owners: leased,
     })
 }
 
@@ -398,7 +454,9 @@ pub async fn snapshot(
 /// count and the lag added up (the lag is unknown if it is on any partition),
 /// and as consumers the number of distinct consumer names. A member process
 /// has one consumer, under one name, on each partition it serves, so that
-/// counts processes, which is what a scaling decision is about. Partitions
+/// counts processes, which is what a scaling decision is about. For a group
+/// with leased membership, the live members of its registry count instead
+/// (a dead member's name stays in the group until cleaned up). Partitions
 /// that do not exist yet, or do not have the group yet, are skipped; a
 /// `NoStream` / `NoGroup` error when none has it.
 pub async fn sample(conn: &mut Connection, partitions: &Partitions, group: &str) -> Result<Sample> {
@@ -431,9 +489,19 @@ pub async fn sample(conn: &mut Connection, partitions: &Partitions, group: &str)
         });
     }
     let stream = partitions.stream();
+    // A leased group: its live members, from the registry. Consumer names
+    // of dead members stay in the group until cleaned up; they are not
+    // capacity.
+    let (leased, live) = match owners::live_members(conn, stream, group).await {
+        Ok(found) => found,
+        // Not allowed to read the registry: count consumer names, as for a
+        // group without leases.
+        Err(e) if e.kind() == ErrorKind::Permission => (false, Vec::new()),
+        Err(e) => return Err(e),
+    };
     match total {
         Some(mut t) => {
-            t.consumers = names.len() as u64;
+            t.consumers = if leased { live.len() } else { names.len() } as u64;
             Ok(t)
         }
         None if missing_group => Err(Error::new(
