@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{example, run, sb, text};
+use common::{example, run, sb, sigterm, text, wait};
+use streambus_testkit::wait::wait_until;
 use streambus_testkit::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -78,6 +79,16 @@ fn errors_name_the_line_and_the_field() {
             "stream name is empty",
         ),
         ("[service\nlisten = 1\n", "line 1", ""),
+        (
+            "[streams.s]\npartitions = 4\n[streams.s.groups.g]\nlease_time = \"4s\"\nlease_renew = \"3s\"\n",
+            "line 5: streams.s.groups.g.lease_renew: ",
+            "at most half of lease_time (4s)",
+        ),
+        (
+            "[streams.s.groups.g]\nlease_renew = \"0s\"\n",
+            "line 2: streams.s.groups.g.lease_renew: ",
+            "above zero",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     for (i, (body, located, message)) in cases.iter().enumerate() {
@@ -196,4 +207,73 @@ fn publish_trims_by_the_file_retention_unless_maxlen_is_given() {
     let out = run(sb(dir.path(), &args), DEADLINE);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(server.cli(&["XLEN", "s"]), "25");
+}
+
+/// The lease key's time to live (ms) once a member holds it.
+fn lease_pttl(server: &RedisServer, key: &str) -> u64 {
+    // -2 (no key) does not parse: not held yet.
+    let mut ttl = None;
+    wait_until(DEADLINE, "a member holds the lease", || {
+        ttl = server.cli(&["PTTL", key]).parse::<u64>().ok();
+        ttl.is_some()
+    });
+    ttl.unwrap()
+}
+
+/// `consume --exec` on a partitioned stream leases its partitions with the
+/// group's `lease_time` / `lease_renew` from the file (the lease key's TTL
+/// is above the default 10 s), and `--lease-time` overrides the file.
+#[test]
+fn consume_exec_takes_the_lease_settings_from_the_file() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("streambus.toml"),
+        "[streams.jobs]\npartitions = 2\n[streams.jobs.groups.g]\nlease_time = \"40s\"\nlease_renew = \"5s\"\n",
+    )
+    .unwrap();
+    let key = streambus::keys::partition_lease(
+        &streambus::partition::Partitions::new("jobs", 2)
+            .unwrap()
+            .keys()[0],
+        "g",
+    );
+    let url = server.url();
+    let member = |extra: &[&str]| {
+        let mut args = vec![
+            "--redis",
+            &url,
+            "consume",
+            "jobs",
+            "-g",
+            "g",
+            "--exec",
+            "cat >/dev/null",
+            "--max-wait",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = sb(dir.path(), &args);
+        c.stdout(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let stop = |m| {
+        sigterm(&m);
+        let o = wait(m, DEADLINE);
+        assert!(o.status.success(), "{:?}\n{}", o.status, text(&o.stderr));
+    };
+
+    // The file's 40 s, renewed every 5 s: never below 35 s once held.
+    let m = member(&[]);
+    let ttl = lease_pttl(&server, &key);
+    assert!((35_000..=40_000).contains(&ttl), "PTTL {ttl} ms");
+    // A graceful stop releases it, so that the next member takes it at once.
+    stop(m);
+    assert_eq!(server.cli(&["EXISTS", &key]), "0");
+
+    // The flag's 20 s, renewed at a third of it: between 13.3 s and 20 s.
+    let m = member(&["--lease-time", "20s"]);
+    let ttl = lease_pttl(&server, &key);
+    assert!((13_000..=20_000).contains(&ttl), "PTTL {ttl} ms");
+    stop(m);
 }

@@ -200,6 +200,9 @@
     // A partitioned stream: one small line per partition (filled by poll).
     s.parts = el('div', 'muted mono');
     card.appendChild(s.parts);
+    // Leased groups of a partitioned stream: who owns each partition.
+    s.owners = el('div', 'owners');
+    card.appendChild(s.owners);
     const box = $('streams');
     if (streams.size === 0) clear(box);
     box.appendChild(card);
@@ -229,6 +232,46 @@
     $('groups').appendChild(tr);
     groups.set(key, r);
     return r;
+  }
+
+  // One leased group's ownership: live members, partitions without an owner
+  // (a red badge above 0: their entries wait), and per partition its owner,
+  // lease age, time to expiry, lag and pending. Names come from Redis, so
+  // text only, like everything else.
+  function ownersBlock(o) {
+    const box = el('div', 'owners-group');
+    const head = el('div', 'owners-head');
+    head.appendChild(el('span', 'mono', o.group));
+    const n = (o.members || []).length;
+    head.appendChild(document.createTextNode(
+      ': ' + n + (n === 1 ? ' live member ' : ' live members ')));
+    const unowned = el('span', 'badge owners-unowned ' + (o.unowned > 0 ? 'badge-bad' : 'badge-ok'),
+      o.unowned + ' unowned');
+    head.appendChild(unowned);
+    box.appendChild(head);
+    if (n > 0) box.appendChild(el('div', 'muted mono owners-members', o.members.join(', ')));
+    const table = el('table', 'table owners-table');
+    const hr = el('tr');
+    for (const h of ['p', 'owner', 'held', 'renewed', 'expires', 'lag', 'pending']) hr.appendChild(el('th', null, h));
+    const thead = el('thead');
+    thead.appendChild(hr);
+    table.appendChild(thead);
+    const body = el('tbody');
+    for (const p of o.partitions || []) {
+      const tr = el('tr', p.owner === null || p.owner === undefined ? 'unowned' : null);
+      tr.appendChild(td('p' + p.partition, 'mono'));
+      tr.appendChild(td(p.owner === null || p.owner === undefined ? 'no owner' : p.owner, 'mono'));
+      tr.appendChild(td(fmtMs(p.held_ms), 'num'));
+      tr.appendChild(td(p.renewed_ms_ago === null || p.renewed_ms_ago === undefined ? '\u2014'
+        : fmtMs(p.renewed_ms_ago) + ' ago', 'num'));
+      tr.appendChild(td(fmtMs(p.expires_in_ms), 'num'));
+      tr.appendChild(td(fmtNum(p.lag), 'num'));
+      tr.appendChild(td(fmtNum(p.pending), 'num'));
+      body.appendChild(tr);
+    }
+    table.appendChild(body);
+    box.appendChild(table);
+    return box;
   }
 
   async function poll() {
@@ -262,6 +305,10 @@
             'p' + p.partition + ': length ' + fmtNum(p.length) + (lag ? ', ' + lag : '')));
         }
       }
+      clear(c.owners);
+      for (const o of s.owners || []) c.owners.appendChild(ownersBlock(o));
+      // Room for the owners' table.
+      c.card.classList.toggle('card-wide', (s.owners || []).length > 0);
       for (const g of s.groups || []) {
         const r = groupRow(s.stream, g.name);
         r.lag.textContent = fmtNum(g.lag);

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use streambus::partition::Partitions;
 use streambus::Message as BusMessage;
+use streambus_server::ServerConfig;
 use streambus_testkit::wait::eventually;
 use streambus_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -26,8 +28,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use common::faults::{connect_options, proxy};
 use common::{
-    config, dead_letter, deliver, producer, server, state_with, stream, DeadLetter, RunningServer,
-    TOKEN,
+    config, dead_letter, deliver, producer, server, state_with, stream, DeadLetter, LeasedMember,
+    RunningServer, TOKEN,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -470,6 +472,80 @@ async fn dashboard_shows_a_banner_while_redis_is_unreachable() {
         "banner removed {:?} after Redis became reachable",
         healed.elapsed()
     );
+}
+
+/// A partitioned stream with leased members: the stream's card shows the
+/// live members, the partitions without an owner (a red badge above 0) and
+/// each partition's owner; member names are shown as text. When every
+/// member has crashed the badge turns red until a new member takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_partition_owners() {
+    if chromium_missing("owners") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let s = stream("owned");
+    let partitions = Partitions::new(&s, 2).unwrap();
+    let client = streambus::Client::open(&redis.url()).unwrap();
+    let cfg = ServerConfig {
+        partitions: [(s.clone(), 2)].into(),
+        ..config(&[&s])
+    };
+    let srv = RunningServer::start(state_with(client.clone(), cfg).await).await;
+    // Consumer names are whatever a member chose: this one is markup.
+    let hostile = "<img src=x onerror=window.__owned=1>";
+    let a = LeasedMember::start(&client, &partitions, "lg", hostile);
+    let b = LeasedMember::start(&client, &partitions, "lg", "member-b");
+    let browser = Browser::launch().await;
+    let url = format!("http://{}/#token={TOKEN}", srv.addr);
+    let mut cdp = open_page(&browser, &url, 1000).await;
+    let view = "(function(){ const o = document.querySelector('.owners'); \
+        const b = document.querySelector('.owners-unowned'); \
+        return { text: o ? o.textContent : '', badge: b ? b.className + ' ' + b.textContent : '', \
+          rows: document.querySelectorAll('.owners-table tr.unowned').length }; })()";
+    let owned = poll_page(&mut cdp, view, |v| {
+        let text = v["text"].as_str().unwrap_or_default();
+        text.contains("2 live members")
+            && text.contains(hostile)
+            && text.contains("member-b")
+            && v["badge"] == "badge owners-unowned badge-ok 0 unowned"
+    })
+    .await;
+    if let Err(v) = owned {
+        panic!("the owners are not shown: {v}");
+    }
+    assert_eq!(cdp.eval("document.querySelectorAll('img').length").await, 0);
+    assert_eq!(cdp.eval("typeof window.__owned").await, "undefined");
+
+    // Every member crashes: both partitions without an owner, in red.
+    a.crash();
+    b.crash();
+    let unowned = poll_page(&mut cdp, view, |v| {
+        v["badge"] == "badge owners-unowned badge-bad 2 unowned" && v["rows"] == 2
+    })
+    .await;
+    if let Err(v) = unowned {
+        panic!("the unowned partitions are not shown: {v}");
+    }
+    let shot = cdp
+        .call("Page.captureScreenshot", json!({ "format": "png" }))
+        .await;
+    let path = target_dir().join("dashboard-owners.png");
+    std::fs::write(&path, base64_decode(shot["data"].as_str().unwrap())).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    // A new member takes both over.
+    let c = LeasedMember::start(&client, &partitions, "lg", "member-c");
+    let back = poll_page(&mut cdp, view, |v| {
+        v["badge"] == "badge owners-unowned badge-ok 0 unowned"
+            && v["rows"] == 0
+            && v["text"].as_str().unwrap_or_default().contains("member-c")
+    })
+    .await;
+    if let Err(v) = back {
+        panic!("the new owner is not shown: {v}");
+    }
+    c.stop().await;
 }
 
 #[test]

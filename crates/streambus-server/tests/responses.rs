@@ -23,7 +23,7 @@ use streambus_testkit::wait::wait_for_some;
 use streambus_testkit::RedisServer;
 
 use common::http::{self, call, get, post};
-use common::{config, dead_letter, group_fixture, state, DeadLetter, TOKEN};
+use common::{config, dead_letter, group_fixture, state, DeadLetter, LeasedMember, TOKEN};
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/responses.json");
 
@@ -64,14 +64,23 @@ async fn every_response_keeps_its_shape() {
     let plain = "shape:plain";
     let missing = "shape:missing";
     let parted = "shape:parted";
+    let leased = "shape:leased";
     group_fixture(&redis, plain).await;
     let dead = |stream: &str| dead_letter(&redis, stream, &DeadLetter::default());
     dead(plain);
     let config = ServerConfig {
-        partitions: [(parted.to_owned(), 2)].into(),
-        ..config(&[plain, missing, parted])
+        partitions: [(parted.to_owned(), 2), (leased.to_owned(), 2)].into(),
+        ..config(&[plain, missing, parted, leased])
     };
     let st = state(&redis, config).await;
+    // A partitioned stream with a leased member: its `owners`.
+    let client = streambus::Client::open(&redis.url()).unwrap();
+    let member = LeasedMember::start(
+        &client,
+        &streambus::partition::Partitions::new(leased, 2).unwrap(),
+        "lg",
+        "member-1",
+    );
 
     let mut got: BTreeMap<String, Value> = BTreeMap::new();
     let mut record = |name: &str, (status, v): (u16, Value)| {
@@ -101,12 +110,23 @@ async fn every_response_keeps_its_shape() {
         "{\"a\":1}",
     );
     record("publish", body(call(&st, publish).await).await);
-    for (name, path) in [
-        ("streams", "/api/streams".to_owned()),
-        ("group", format!("/api/streams/{plain}/groups/g")),
-    ] {
-        record(name, fetch(&st, &path, Some(TOKEN)).await);
-    }
+    // Once the member owns both partitions (before, an owner is null). Its
+    // consumers are not listed: nothing was delivered to them, and Redis
+    // creates a group's consumer with the first entry it gets.
+    let streams = wait_for_some(Duration::from_secs(10), "leased owners", || async {
+        let (status, v) = fetch(&st, "/api/streams", Some(TOKEN)).await;
+        let owned = v["streams"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["stream"] == leased))
+            .is_some_and(|s| s["owners"][0]["unowned"] == 0);
+        owned.then_some((status, v))
+    })
+    .await;
+    record("streams", streams);
+    record(
+        "group",
+        fetch(&st, &format!("/api/streams/{plain}/groups/g"), Some(TOKEN)).await,
+    );
     let scale_path = format!("/api/streams/{plain}/groups/g/scale");
     let advised = wait_for_some(Duration::from_secs(10), "an advisor target", || async {
         let (status, v) = fetch(&st, &scale_path, Some(TOKEN)).await;
@@ -142,6 +162,8 @@ async fn every_response_keeps_its_shape() {
     ] {
         record(name, fetch(&st, &path, token).await);
     }
+
+    member.stop().await;
 
     // Redis away: 503 with a reason, and /healthz says so.
     let mut redis = redis;

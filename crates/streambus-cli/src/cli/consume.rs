@@ -51,7 +51,8 @@ pub struct ConsumeArgs {
     /// process that dies holds its partitions this long (plus one renewal),
     /// one that stops gracefully hands them over at once. A command that
     /// runs longer than the lease time minus --lease-renew may overlap with
-    /// the next owner if this process is paused or cut off [default: 10s].
+    /// the next owner if this process is paused or cut off [default: the
+    /// group's lease_time in the topology file, else 10s].
     #[arg(
         long,
         value_name = "DURATION",
@@ -63,7 +64,9 @@ pub struct ConsumeArgs {
     pub lease_time: Option<Duration>,
 
     /// Leased membership: how often leases are renewed and the live
-    /// processes looked at; at most half of --lease-time [default: 3s].
+    /// processes looked at; at most half of --lease-time [default: the
+    /// group's lease_renew in the topology file, else a third of the lease
+    /// time: 3s by default].
     #[arg(
         long,
         value_name = "DURATION",

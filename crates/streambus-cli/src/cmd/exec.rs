@@ -74,7 +74,8 @@ pub async fn run(
         consumer_name: Some(consumer),
         ..options
     };
-    let report = runner::run_worker(client, &args, partitions, options, handler, stop).await?;
+    let report =
+        runner::run_worker(client, &args, file, partitions, options, handler, stop).await?;
     eprintln!("consumed: {}", runner::summary(&report));
     Ok(())
 }

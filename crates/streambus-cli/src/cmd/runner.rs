@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
-use streambus::partition::{LeaseOptions, PartitionedWorker, Partitions};
+use streambus::partition::{PartitionedWorker, Partitions};
 use streambus::{
     Backoff, CancellationToken, Client, Entry, Handler, Outcome, Worker, WorkerOptions,
     WorkerReport,
@@ -61,28 +61,15 @@ pub fn options(
     options
 }
 
-/// `--lease-time` and `--lease-renew` over the library's defaults (10 s, 3 s).
-/// Only the lease time given: renewed at a third of it, the defaults' ratio.
-fn lease_options(args: &ConsumeArgs) -> LeaseOptions {
-    let defaults = LeaseOptions::default();
-    let lease_time = args.lease_time.unwrap_or(defaults.lease_time);
-    let renew_interval = match (args.lease_renew, args.lease_time) {
-        (Some(r), _) => r,
-        (None, Some(t)) => t / 3,
-        (None, None) => defaults.renew_interval,
-    };
-    LeaseOptions {
-        lease_time,
-        renew_interval,
-    }
-}
-
 /// Runs `handler` over the group until `stop`: a plain stream, the partitions
 /// of `--member`, or (a partitioned stream without `--member`) the partitions
-/// this process's owner leases give it (leased membership).
+/// this process's owner leases give it (leased membership, with the lease
+/// settings of the flags or the topology file; the file's are ignored for a
+/// plain stream, which has nothing to lease).
 pub async fn run_worker<H: Handler>(
     client: &Client,
     args: &ConsumeArgs,
+    file: FileGroup<'_>,
     partitions: Option<Partitions>,
     options: WorkerOptions,
     handler: H,
@@ -103,7 +90,7 @@ pub async fn run_worker<H: Handler>(
             let worker = PartitionedWorker::new(client, p, &args.group, options);
             let worker = match args.member {
                 Some((i, n)) => worker.member(i, n),
-                None => worker.leased(lease_options(args)),
+                None => worker.leased(settings::lease_options(args, file.group)),
             };
             worker.run(handler, stop).await?
         }

@@ -2,7 +2,8 @@
 //! given on the command line, else the topology file, else the command's
 //! built-in default.
 //!
-//! [`layered`] is that rule for one value. [`worker_options`] applies it to a
+//! [`layered`] is that rule for one value. [`lease_options`] applies it to
+//! the lease settings of leased membership. [`worker_options`] applies it to a
 //! consumer group's settings (`consume`, `consume --exec`): the flags are
 //! turned into a [`GroupSpec`] and laid over the file's with the same
 //! [`GroupSpec::apply`], so that a setting added to the file and to the flags
@@ -10,6 +11,7 @@
 
 use std::time::Duration;
 
+use streambus::partition::LeaseOptions;
 use streambus::WorkerOptions;
 
 use crate::cli::ConsumeArgs;
@@ -60,7 +62,41 @@ fn flags(args: &ConsumeArgs) -> GroupSpec {
         // A switch: given turns it on; absent leaves the file's choice.
         ordered_by_key: args.ordered_by_key.then_some(true),
         shutdown_grace: args.grace.map(Dur),
+        lease_time: args.lease_time.map(Dur),
+        lease_renew: args.lease_renew.map(Dur),
     }
+}
+
+/// Leased membership's settings: the flags (`--lease-time`, `--lease-renew`)
+/// over the file's group (`lease_time`, `lease_renew`) over the library's
+/// defaults (10 s, 3 s). At each level a lease time given without a renewal
+/// interval is renewed at a third of it (the defaults' ratio), rather than at
+/// a lower level's interval, which was chosen for another lease time; a
+/// renewal interval given alone keeps the lease time below it.
+pub fn lease_options(args: &ConsumeArgs, file: Option<&GroupSpec>) -> LeaseOptions {
+    fn over(t: Option<Duration>, r: Option<Duration>, below: LeaseOptions) -> LeaseOptions {
+        match (t, r) {
+            (Some(lease_time), Some(renew_interval)) => LeaseOptions {
+                lease_time,
+                renew_interval,
+            },
+            (Some(lease_time), None) => LeaseOptions {
+                lease_time,
+                renew_interval: lease_time / 3,
+            },
+            (None, Some(renew_interval)) => LeaseOptions {
+                renew_interval,
+                ..below
+            },
+            (None, None) => below,
+        }
+    }
+    let from_file = over(
+        file.and_then(|g| g.lease_time).map(|d| d.0),
+        file.and_then(|g| g.lease_renew).map(|d| d.0),
+        LeaseOptions::default(),
+    );
+    over(args.lease_time, args.lease_renew, from_file)
 }
 
 /// `defaults` (the command's own), then the file's settings for the group,
@@ -139,5 +175,37 @@ concurrency = 3
         let none = worker_options(&consume_args(&[]), FileGroup::default(), defaults.clone());
         assert_eq!(none.batch_size, BATCH_SIZE);
         assert_eq!(none.block, MAX_WAIT);
+    }
+
+    #[test]
+    fn lease_settings_flags_over_file_over_defaults() {
+        let t = Topology::parse(
+            "[streams.s]\npartitions = 4\n[streams.s.groups.g]\nlease_time = \"30s\"\nlease_renew = \"5s\"\n[streams.s.groups.t]\nlease_time = \"6s\"\n",
+        )
+        .unwrap();
+        let lease = |argv: &[&str], group: &str| {
+            let o = lease_options(&consume_args(argv), t.group("s", group));
+            (o.lease_time, o.renew_interval)
+        };
+        let s = Duration::from_secs;
+        assert_eq!(lease(&[], "g"), (s(30), s(5)), "the file");
+        assert_eq!(lease(&[], "none"), (s(10), s(3)), "the defaults");
+        assert_eq!(lease(&[], "t"), (s(6), s(2)), "a third of the file's lease");
+        let run = ["--exec", "true"];
+        let with = |extra: &[&'static str]| [&run[..], extra].concat();
+        assert_eq!(
+            lease(&with(&["--lease-time", "12s"]), "g"),
+            (s(12), s(4)),
+            "the flag's lease, renewed at a third of it"
+        );
+        assert_eq!(
+            lease(&with(&["--lease-renew", "2s"]), "g"),
+            (s(30), s(2)),
+            "the flag's renewal, the file's lease"
+        );
+        assert_eq!(
+            lease(&with(&["--lease-time", "8s", "--lease-renew", "1s"]), "g"),
+            (s(8), s(1))
+        );
     }
 }

@@ -23,6 +23,43 @@ impl TopologyError {
     }
 }
 
+impl TopologyError {
+    /// An error found after the file was read (a check across fields, such
+    /// as a group's lease settings), named by its key: `keys` is the path
+    /// (`["streams", "s", "groups", "g", "lease_renew"]`), whose line is
+    /// looked up in the spanned document.
+    pub(super) fn at_key(text: &str, keys: &[&str], message: String) -> TopologyError {
+        TopologyError {
+            line: key_offset(text, keys).map(|o| line_of(text, o)),
+            path: keys
+                .iter()
+                .map(|k| quote_key(k))
+                .collect::<Vec<_>>()
+                .join("."),
+            message,
+        }
+    }
+}
+
+/// The byte offset of the key at `keys`, following tables; `None` when the
+/// document or the key is not there.
+fn key_offset(text: &str, keys: &[&str]) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let (last, parents) = keys.split_last()?;
+    let mut table = doc.get_ref();
+    for k in parents {
+        let (_, v) = table.iter().find(|(key, _)| key.get_ref().as_ref() == *k)?;
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    table
+        .iter()
+        .find(|(key, _)| key.get_ref().as_ref() == *last)
+        .map(|(key, _)| key.span().start)
+}
+
 impl fmt::Display for TopologyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(line) = self.line {

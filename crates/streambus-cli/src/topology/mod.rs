@@ -10,7 +10,9 @@
 //! every semantic check (durations, start ids, names, retention) runs while the
 //! value is deserialized, so the `toml` crate's error carries the value's span;
 //! the span is turned into a line and, through the spanned document, into the
-//! path of the field.
+//! path of the field. Checks across fields (a group's `lease_renew` against
+//! its `lease_time`) run once the file is read, and name the key they blame
+//! the same way.
 //!
 //! # Layout
 //!
@@ -54,6 +56,14 @@ impl Topology {
     /// `line N: PATH: what is wrong`.
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {
         let raw: RawTopology = toml::from_str(text).map_err(|e| TopologyError::new(text, &e))?;
+        for (stream, spec) in &raw.streams {
+            for (group, g) in &spec.groups {
+                if let Err(p) = g.check_lease() {
+                    let keys = ["streams", &stream.0, "groups", &group.0, p.key];
+                    return Err(TopologyError::at_key(text, &keys, p.message));
+                }
+            }
+        }
         Ok(Topology {
             redis: raw.redis,
             service: raw.service.unwrap_or_default(),
@@ -171,6 +181,21 @@ mod tests {
         let e = err("[streams.s.groups.g]\nconcurency = 3\n");
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.message.contains("concurency"), "{e}");
+
+        let e = err(
+            "[streams.\"a:b\"]\npartitions = 4\n[streams.\"a:b\".groups.g]\nlease_time = \"4s\"\n\nlease_renew = \"3s\"\n",
+        );
+        assert_eq!(e.line, Some(6), "{e}");
+        assert_eq!(e.path, "streams.\"a:b\".groups.g.lease_renew", "{e}");
+        assert!(e.message.contains("at most half of lease_time (4s)"), "{e}");
+        let e = err("[streams.s.groups.g]\nlease_time = \"0ms\"\n");
+        assert_eq!(
+            e.to_string(),
+            "line 2: streams.s.groups.g.lease_time: lease_time must be above zero"
+        );
+        let e = err("[streams.s.groups.g]\nlease_renew = \"soon\"\n");
+        assert_eq!(e.path, "streams.s.groups.g.lease_renew", "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
 
         let e = err("[streams.s.groups.g]\nstart = \"yesterday\"\n");
         assert_eq!(e.path, "streams.s.groups.g.start", "{e}");

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+use streambus::partition::LeaseOptions;
 use streambus::WorkerOptions;
 
 use super::values::{
@@ -72,9 +73,56 @@ pub struct GroupSpec {
     pub ordered_by_key: Option<bool>,
     /// On shutdown, how long in-flight handlers may still run.
     pub shutdown_grace: Option<Dur>,
+    /// Leased membership (`consume --exec/--pipe` on a partitioned stream,
+    /// without `--member`): how long a partition's owner lease lasts unless
+    /// renewed (`--lease-time` overrides it). A crashed member's partitions
+    /// wait this long for a new owner. Ignored for a plain stream.
+    pub lease_time: Option<Dur>,
+    /// How often the leases are renewed (`--lease-renew` overrides it); at
+    /// most half the lease time, checked by [`GroupSpec::check_lease`].
+    pub lease_renew: Option<Dur>,
+}
+
+/// A lease setting of a group that cannot work, and the key to blame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LeaseProblem {
+    /// `lease_time` or `lease_renew`.
+    pub key: &'static str,
+    pub message: String,
 }
 
 impl GroupSpec {
+    /// Checks the lease settings against each other (each alone is checked
+    /// while it is read): both above zero, and renewed at least twice per
+    /// lease time, so that one failed renewal does not lose the lease. A
+    /// renewal interval given alone is held against the default lease time.
+    pub fn check_lease(&self) -> Result<(), LeaseProblem> {
+        let problem = |key, message: String| Err(LeaseProblem { key, message });
+        if self.lease_time.is_some_and(|d| d.0.is_zero()) {
+            return problem("lease_time", "lease_time must be above zero".to_owned());
+        }
+        if self.lease_renew.is_some_and(|d| d.0.is_zero()) {
+            return problem("lease_renew", "lease_renew must be above zero".to_owned());
+        }
+        let Some(Dur(renew)) = self.lease_renew else {
+            // Renewed at a third of the lease time: always often enough.
+            return Ok(());
+        };
+        let (lease, whose) = match self.lease_time {
+            Some(Dur(t)) => (t, "lease_time"),
+            None => (LeaseOptions::default().lease_time, "the default lease time"),
+        };
+        if renew * 2 > lease {
+            return problem(
+                "lease_renew",
+                format!(
+                    "lease_renew ({renew:?}) must be at most half of {whose} ({lease:?}), so that one failed renewal does not lose the lease"
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// `base` with every setting this group sets.
     pub fn apply(&self, mut base: WorkerOptions) -> WorkerOptions {
         if let Some(s) = &self.start {
@@ -115,6 +163,7 @@ mod tests {
     use streambus::{Backoff, WorkerOptions};
 
     use super::super::Topology;
+    use super::{GroupSpec, LeaseProblem};
 
     #[test]
     fn group_settings_override_defaults_only_where_set() {
@@ -128,6 +177,46 @@ mod tests {
         assert_eq!(
             o.retry_backoff,
             Backoff::new(Duration::from_millis(10), Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn lease_settings_are_read_and_checked_against_each_other() {
+        let t = Topology::parse(
+            "[streams.s]\npartitions = 4\n[streams.s.groups.g]\nlease_time = \"6s\"\nlease_renew = \"2s\"\n[streams.s.groups.h]\n",
+        )
+        .unwrap();
+        let g = t.group("s", "g").unwrap();
+        assert_eq!(g.lease_time.unwrap().0, Duration::from_secs(6));
+        assert_eq!(g.lease_renew.unwrap().0, Duration::from_secs(2));
+        let h = t.group("s", "h").unwrap();
+        assert_eq!((h.lease_time, h.lease_renew), (None, None));
+
+        // The group's table alone: `Topology::parse` runs the check itself.
+        let spec = |text: &str| toml::from_str::<GroupSpec>(text).unwrap().check_lease();
+        assert_eq!(spec("lease_time = \"4s\"\nlease_renew = \"2s\"\n"), Ok(()));
+        assert_eq!(spec("lease_time = \"1s\"\n"), Ok(()));
+        assert_eq!(
+            spec("lease_renew = \"5s\"\n"),
+            Ok(()),
+            "half the default 10s"
+        );
+        let key = |r: Result<(), LeaseProblem>| r.unwrap_err().key;
+        assert_eq!(
+            key(spec("lease_time = \"4s\"\nlease_renew = \"3s\"\n")),
+            "lease_renew"
+        );
+        assert_eq!(key(spec("lease_renew = \"6s\"\n")), "lease_renew");
+        assert_eq!(key(spec("lease_time = \"0s\"\n")), "lease_time");
+        assert_eq!(
+            key(spec("lease_time = \"4s\"\nlease_renew = 0\n")),
+            "lease_renew"
+        );
+        let e = spec("lease_renew = \"6s\"\n").unwrap_err();
+        assert!(
+            e.message.contains("the default lease time (10s)"),
+            "{}",
+            e.message
         );
     }
 }

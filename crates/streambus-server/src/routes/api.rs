@@ -18,9 +18,9 @@ use streambus::{ErrorKind, Message};
 
 use super::check_stream;
 use super::responses::{
-    DeadLetterList, Health, MissingStream, OutageView, PartitionGroup, PartitionView, Partitioned,
-    PartitionedDeadLetterList, PartitionedGroup, PartitionedStream, PlainStream, Published,
-    ScaleView, StreamList, StreamView,
+    DeadLetterList, GroupOwners, Health, MissingStream, OutageView, PartitionGroup, PartitionView,
+    Partitioned, PartitionedDeadLetterList, PartitionedGroup, PartitionedStream, PlainStream,
+    Published, ScaleView, StreamList, StreamView,
 };
 use crate::catalog::Shown;
 use crate::error::ApiError;
@@ -34,7 +34,8 @@ const MAX_DLQ_COUNT: usize = 1000;
 
 /// `GET /api/streams`: every shown stream with its length, ids, groups (lag,
 /// pending, consumers) and dead-letter count; a partitioned stream as one,
-/// with a per-partition breakdown (see [`partitioned_stream`]).
+/// with a per-partition breakdown and its leased groups' partition owners
+/// (see [`partitioned_stream`]).
 pub(crate) async fn streams(State(state): State<AppState>) -> Result<Json<StreamList>, ApiError> {
     let mut conn = state.conn();
     let shown = state
@@ -72,8 +73,8 @@ pub(crate) async fn streams(State(state): State<AppState>) -> Result<Json<Stream
 }
 
 /// A partitioned stream as one: totals over the partitions, the groups with
-/// each partition's consumers, and per partition its key, length, last id,
-/// dead letters and groups.
+/// each partition's consumers, per partition its key, length, last id,
+/// dead letters and groups, and per leased group who owns each partition.
 async fn partitioned_stream(
     state: &AppState,
     p: &Partitions,
@@ -146,6 +147,16 @@ async fn partitioned_stream(
             g.consumers.push(c);
         }
     }
+    let owners = snap
+        .owners
+        .into_iter()
+        .map(|o| GroupOwners {
+            group: o.group,
+            members: o.members,
+            unowned: o.unowned,
+            partitions: o.partitions,
+        })
+        .collect();
     Ok(PartitionedStream {
         stream: p.stream().to_owned(),
         exists: !snap.partitions.is_empty(),
@@ -155,6 +166,7 @@ async fn partitioned_stream(
         groups,
         partition_count: p.len(),
         partitions: parts,
+        owners,
     })
 }
 

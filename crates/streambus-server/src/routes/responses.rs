@@ -8,6 +8,7 @@ use serde::Serialize;
 use streambus::admin::dead_letter::DeadLetter;
 use streambus::admin::monitor::{ConsumerSnapshot, GroupSnapshot, StreamSnapshot};
 use streambus::admin::scaler::{Advice, Suggestion};
+use streambus::partition::PartitionOwner;
 use streambus::EntryId;
 
 /// `GET /api/streams`.
@@ -63,6 +64,28 @@ pub(crate) struct PartitionedStream {
     pub groups: Vec<PartitionedGroup>,
     pub partition_count: usize,
     pub partitions: Vec<PartitionView>,
+    /// Per group with leased membership (`consume --exec/--pipe` without
+    /// `--member`, `PartitionedWorker::leased`): who owns each partition.
+    /// Groups read without leases are not listed, nor is a group whose last
+    /// member stopped gracefully (it left the registry and released its
+    /// leases); a crashed member's group stays listed, its partitions unowned.
+    pub owners: Vec<GroupOwners>,
+}
+
+/// The owners of one leased group's partitions: what an operator looks at
+/// when a partition's entries stop moving (no live owner, or an owner whose
+/// renewals are late).
+#[derive(Serialize)]
+pub(crate) struct GroupOwners {
+    pub group: String,
+    /// Consumer names of the live members (seen within their lease time).
+    pub members: Vec<String>,
+    /// Partitions no member holds now: their entries wait (the dashboard
+    /// highlights it above 0).
+    pub unowned: usize,
+    /// Each partition: `owner` (`null`: none), `held_ms`, `renewed_ms_ago`,
+    /// `expires_in_ms`, `lag`, `pending`.
+    pub partitions: Vec<PartitionOwner>,
 }
 
 /// A group over the partitions of a stream.

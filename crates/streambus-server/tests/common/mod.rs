@@ -18,7 +18,11 @@ pub mod http;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use streambus::{Client, EntryId, Message, Producer, ProducerOptions};
+use streambus::partition::{LeaseOptions, PartitionedWorker, Partitions};
+use streambus::{
+    CancellationToken, Client, Delivery, EntryId, Message, Producer, ProducerOptions,
+    WorkerOptions, WorkerReport,
+};
 use streambus_server::{serve, AppState, ServerConfig};
 use streambus_testkit::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -146,6 +150,58 @@ pub fn dead_letter(redis: &RedisServer, source: &str, d: &DeadLetter) {
         "source_stream",
         source,
     ]);
+}
+
+/// A short lease for the tests: a crashed member's partitions are free
+/// after 800 ms, and renewals (every 200 ms) are frequent enough that
+/// a busy 2-core machine does not lose a lease by accident.
+pub fn test_lease() -> LeaseOptions {
+    LeaseOptions {
+        lease_time: Duration::from_millis(800),
+        renew_interval: Duration::from_millis(200),
+    }
+}
+
+/// A `PartitionedWorker::leased` member of `group`, named `name`, running in
+/// a task of this process (its handler acknowledges everything).
+pub struct LeasedMember {
+    pub stop: CancellationToken,
+    pub run: JoinHandle<streambus::Result<WorkerReport>>,
+}
+
+impl LeasedMember {
+    pub fn start(client: &Client, partitions: &Partitions, group: &str, name: &str) -> Self {
+        let worker = PartitionedWorker::new(
+            client,
+            partitions.clone(),
+            group,
+            WorkerOptions {
+                consumer_name: Some(name.to_owned()),
+                block: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .leased(test_lease());
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(worker.run(|_d: Delivery| async {}, stop.clone()));
+        LeasedMember { stop, run }
+    }
+
+    /// A crash: the run is dropped mid-flight, so nothing is renewed or
+    /// released; its leases and registry entry expire on their own.
+    pub fn crash(self) {
+        self.run.abort();
+    }
+
+    /// A graceful stop: its leases are released at once.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.run)
+            .await
+            .expect("the member stops")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 /// A real server on a free port of 127.0.0.1.

@@ -94,7 +94,7 @@ pub async fn run(
         consumer_name: Some(consumer),
         ..options
     };
-    let report = runner::run_worker(client, &args, partitions, options, handler, stop).await;
+    let report = runner::run_worker(client, &args, file, partitions, options, handler, stop).await;
     // The handler is gone with the worker: the copies' input ends, and each
     // exits (or is killed after copy::EXIT_GRACE).
     for s in supervisors {
