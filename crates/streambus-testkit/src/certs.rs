@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
@@ -27,11 +28,21 @@ pub(crate) const OTHER_CA_CERT: &str = "other-ca.crt";
 
 /// Write the CA, server, client and other-CA files into `dir`, unless
 /// they are already there (a restart keeps the same certificates).
+///
+/// Every server of one process gets the same files: the certificates are
+/// generated once and cached. Servers that talk TLS to each other (a replica
+/// to its primary, sentinels to both and to one another) must trust each
+/// other's CA, and a client trusting one server's `ca.crt` then trusts them
+/// all. `other-ca.crt` stays a CA that signed none of them.
 pub(crate) fn write_test_certs(dir: &Path) -> Result<(), TestkitError> {
     if dir.join(OTHER_CA_CERT).is_file() {
         return Ok(());
     }
-    let files = generate().map_err(|e| TestkitError::Certificates(e.to_string()))?;
+    static FILES: OnceLock<Result<Vec<(&'static str, String)>, String>> = OnceLock::new();
+    let files = FILES
+        .get_or_init(|| generate().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| TestkitError::Certificates(e.clone()))?;
     for (name, pem) in files {
         fs::write(dir.join(name), pem)?;
     }
@@ -135,5 +146,16 @@ mod tests {
         let before = fs::read(dir.path().join(SERVER_CERT)).unwrap();
         write_test_certs(dir.path()).unwrap();
         assert_eq!(fs::read(dir.path().join(SERVER_CERT)).unwrap(), before);
+    }
+
+    #[test]
+    fn every_directory_shares_one_ca_and_the_other_ca_differs() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_test_certs(a.path()).unwrap();
+        write_test_certs(b.path()).unwrap();
+        let read = |dir: &tempfile::TempDir, name| fs::read(dir.path().join(name)).unwrap();
+        assert_eq!(read(&a, CA_CERT), read(&b, CA_CERT));
+        assert_eq!(read(&a, SERVER_CERT), read(&b, SERVER_CERT));
+        assert_ne!(read(&a, CA_CERT), read(&a, OTHER_CA_CERT));
     }
 }

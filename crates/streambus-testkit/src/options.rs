@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::certs::{CA_CERT, SERVER_CERT, SERVER_KEY};
+use crate::certs::{CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY};
 use crate::support::redis_server_bin;
 use crate::{HOST, LOG_FILE, NODES_CONF};
 
@@ -111,6 +111,9 @@ pub struct ServerOptions {
 /// | `client.crt`, `client.key` | a client certificate signed by the same CA |
 /// | `other-ca.crt` | an unrelated CA, for "wrong CA" tests |
 ///
+/// The files are the same for every TLS server of one test process (one CA),
+/// so TLS servers trust each other and one `ca.crt` serves for all of them.
+///
 /// The server then listens with `port 0` (no plain-text port) and
 /// `tls-port` = [`RedisServer::port`](crate::RedisServer::port). Keys are ECDSA P-256.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -200,6 +203,12 @@ pub(crate) fn render_conf(
             vec!["tls-cert-file".into(), file(SERVER_CERT)],
             vec!["tls-key-file".into(), file(SERVER_KEY)],
             vec!["tls-ca-cert-file".into(), file(CA_CERT)],
+            // What the server presents when it is the client (a replica to
+            // its primary, a sentinel to the servers and its peers): the
+            // server certificate is for server authentication only, and a
+            // peer that requires client certificates would refuse it.
+            vec!["tls-client-cert-file".into(), file(CLIENT_CERT)],
+            vec!["tls-client-key-file".into(), file(CLIENT_KEY)],
             vec![
                 "tls-auth-clients".into(),
                 if tls.require_client_cert { "yes" } else { "no" }.into(),

@@ -9,7 +9,8 @@
 //!
 //! - this file: [`SentinelOptions`], [`RedisSentinel`] (start, failovers,
 //!   readiness);
-//! - `reply`: asking a sentinel or server, with array replies kept.
+//! - `reply`: asking a sentinel or server, with array replies kept;
+//! - `tls`: starting a set that speaks TLS, and where the testkit checks it.
 
 use std::fmt;
 use std::path::Path;
@@ -20,8 +21,10 @@ use tempfile::TempDir;
 use crate::{RedisServer, ServerOptions, TestkitError, HOST};
 
 mod reply;
+mod tls;
 
 use reply::{call_as, field, replication, sentinel_table, Reply};
+use tls::CheckPorts;
 
 /// How often sentinel and replication state is polled.
 const SENTINEL_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -45,6 +48,11 @@ pub struct SentinelOptions {
     pub failover_timeout: Duration,
     /// How the primary and the replicas are started (persistence, password:
     /// a password is also given to the sentinels as `auth-pass`).
+    ///
+    /// With [`ServerOptions::tls`] set, the sentinels serve TLS too (with the
+    /// same [`TlsOptions`](crate::TlsOptions)), and servers and sentinels talk
+    /// TLS to each other (`tls-replication yes`): every port announced is a
+    /// TLS port, and [`RedisSentinel::url`] is `rediss+sentinel://...?ca=...`.
     pub server: ServerOptions,
     /// A password the sentinels require (`requirepass` in sentinel mode, and
     /// `sentinel-pass` so that they can talk to each other). Default `None`.
@@ -94,6 +102,8 @@ pub struct RedisSentinel {
     /// `dir`: killed before their parent directory is removed.
     servers: Vec<RedisServer>,
     sentinels: Vec<RedisServer>,
+    /// Where the testkit's own checks go (a plain-text port with TLS).
+    check: CheckPorts,
     opts: SentinelOptions,
     dir: TempDir,
 }
@@ -154,15 +164,12 @@ impl RedisSentinel {
             }
             o
         };
-        let primary = RedisServer::start_node(data(None), Some(dir.path()), None)?;
+        let mut check = CheckPorts::default();
+        let primary = check.start(data(None), dir.path())?;
         let primary_port = primary.port();
         let mut servers = vec![primary];
         for _ in 0..opts.replicas {
-            servers.push(RedisServer::start_node(
-                data(Some(primary_port)),
-                Some(dir.path()),
-                None,
-            )?);
+            servers.push(check.start(data(Some(primary_port)), dir.path())?);
         }
         let mut sentinels = Vec::with_capacity(opts.sentinels);
         for _ in 0..opts.sentinels {
@@ -171,13 +178,15 @@ impl RedisSentinel {
                 password: opts.sentinel_password.clone(),
                 binary: opts.server.binary.clone(),
                 startup_timeout: opts.server.startup_timeout,
+                tls: opts.server.tls.clone(),
                 ..ServerOptions::default()
             };
-            sentinels.push(RedisServer::start_node(node, Some(dir.path()), None)?);
+            sentinels.push(check.start(node, dir.path())?);
         }
         let s = RedisSentinel {
             servers,
             sentinels,
+            check,
             opts,
             dir,
         };
@@ -190,6 +199,12 @@ impl RedisSentinel {
     /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,.../MASTER_NAME`, with the
     /// servers' password (`redis+sentinel://:PASSWORD@...`) and the
     /// sentinels' (`?sentinel_password=...`) when they are set.
+    ///
+    /// With TLS: `rediss+sentinel://...?ca=CA_FILE`, and
+    /// `&cert=CLIENT_CERT&key=CLIENT_KEY` when client certificates are
+    /// required. The files are those of every server (one test CA); for
+    /// others (the unrelated CA of "wrong CA" tests) ask a server, e.g.
+    /// `set.primary().other_ca_cert_path()`.
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self
             .sentinel_ports()
@@ -200,18 +215,35 @@ impl RedisSentinel {
             Some(pass) => format!(":{}@", crate::support::percent_encode(pass)),
             None => String::new(),
         };
-        let query = match &self.opts.sentinel_password {
-            Some(pass) => format!(
-                "?sentinel_password={}",
-                crate::support::percent_encode(pass)
-            ),
-            None => String::new(),
+        let mut query: Vec<String> = self
+            .opts
+            .sentinel_password
+            .iter()
+            .map(|pass| format!("sentinel_password={}", crate::support::percent_encode(pass)))
+            .collect();
+        if let Some(tls) = &self.opts.server.tls {
+            query.extend(tls::url_params(&self.servers[0], tls.require_client_cert));
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        let scheme = if self.is_tls() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
         };
         format!(
-            "redis+sentinel://{auth}{}/{}{query}",
+            "{scheme}://{auth}{}/{}{query}",
             seeds.join(","),
             self.opts.master_name
         )
+    }
+
+    /// Whether the set speaks TLS ([`SentinelOptions::server`]`.tls`).
+    pub fn is_tls(&self) -> bool {
+        self.opts.server.tls.is_some()
     }
 
     /// The monitored master's name.
@@ -325,7 +357,7 @@ impl RedisSentinel {
                     .servers
                     .iter()
                     .any(|s| s.port() == new && s.is_running())
-                    && replication(new, self.password())
+                    && replication(self.check.of(new), self.password())
                         .ok()
                         .as_deref()
                         .and_then(|i| field(i, "role"))
@@ -362,7 +394,7 @@ impl RedisSentinel {
         let primary = self
             .primary_port()
             .ok_or("the sentinels do not agree on a primary")?;
-        if replication(primary, self.password())
+        if replication(self.check.of(primary), self.password())
             .ok()
             .as_deref()
             .and_then(|i| field(i, "role"))
@@ -377,7 +409,7 @@ impl RedisSentinel {
             .map(RedisServer::port)
             .collect();
         for &r in &replicas {
-            let info = replication(r, self.password())?;
+            let info = replication(self.check.of(r), self.password())?;
             let linked = field(&info, "master_port") == Some(primary.to_string().as_str())
                 && field(&info, "master_link_status") == Some("up");
             if !linked {
@@ -388,7 +420,7 @@ impl RedisSentinel {
         for s in self.sentinels.iter().filter(|s| s.is_running()) {
             let name = self.opts.master_name.as_str();
             let known = sentinel_table(
-                s.port(),
+                self.check.of(s.port()),
                 self.opts.sentinel_password.as_deref(),
                 &["SENTINEL", "REPLICAS", name],
             )?;
@@ -403,7 +435,7 @@ impl RedisSentinel {
                 }
             }
             let peers = sentinel_table(
-                s.port(),
+                self.check.of(s.port()),
                 self.opts.sentinel_password.as_deref(),
                 &["SENTINEL", "SENTINELS", name],
             )?;
@@ -429,7 +461,7 @@ impl RedisSentinel {
             ));
         }
         for s in &self.servers {
-            let info = replication(s.port(), self.password()).unwrap_or_else(|e| e);
+            let info = replication(self.check.of(s.port()), self.password()).unwrap_or_else(|e| e);
             let brief = ["role", "master_port", "master_link_status"]
                 .iter()
                 .filter_map(|k| field(&info, k).map(|v| format!("{k}:{v}")))
@@ -451,7 +483,8 @@ impl RedisSentinel {
             "GET-MASTER-ADDR-BY-NAME",
             &self.opts.master_name,
         ];
-        match call_as(sentinel, self.opts.sentinel_password.as_deref(), &args).ok()? {
+        let port = self.check.of(sentinel);
+        match call_as(port, self.opts.sentinel_password.as_deref(), &args).ok()? {
             Reply::Array(a) => match a.get(1)? {
                 Reply::Text(port) => port.parse().ok(),
                 Reply::Array(_) => None,

@@ -31,6 +31,11 @@
 //! is a replica, a dial asks again with a short backoff for up to the connect
 //! timeout, then fails as "not sent" (nothing of the request went out), so that
 //! callers retry as they do for a refused connection.
+//! A certificate refused (ours by a sentinel or the primary, or theirs by us)
+//! ends the dial at once instead: every attempt would fail the same way.
+//!
+//! `rediss+sentinel://` speaks TLS, with the same settings, to the sentinels
+//! (asking, and the failover listener's pub/sub) and to the primary.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -43,6 +48,7 @@ use redis::{RedisConnectionInfo, Value};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::tls::{certificate_refusal, refused_at};
 use super::ConnectOptions;
 
 /// The port of a sentinel given without one.
@@ -235,7 +241,9 @@ impl Sentinel {
                 Ok(conn) => return Ok(conn),
                 Err(e) => e,
             };
-            let passing = e.is_io_error() || e.is_timeout() || wrong_role(e.code());
+            // A certificate refused now is refused on every attempt.
+            let passing = (e.is_io_error() || e.is_timeout() || wrong_role(e.code()))
+                && certificate_refusal(&e).is_none();
             if !passing || Instant::now() + delay >= give_up {
                 return Err(e);
             }
@@ -268,7 +276,11 @@ impl Sentinel {
             .set_response_timeout(Some(response_timeout));
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .await
+            .map_err(|e| match certificate_refusal(&e) {
+                Some(tls) => refused_at(format!("{addr} (the primary the sentinels name)"), tls),
+                None => e,
+            })?;
         // The sentinels' answer may be stale: a demoted primary still answers
         // on its address, and would take reads (and refuse writes) as a replica.
         let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
@@ -288,7 +300,8 @@ impl Sentinel {
         let n = self.sentinels.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut errors = Vec::new();
-        // A reply that no retry mends (bad credentials) wins over "unreachable".
+        // A reply that no retry mends (bad credentials, a certificate refused)
+        // wins over "unreachable".
         let mut lasting: Option<redis::RedisError> = None;
         for i in (0..n).map(|k| (first + k) % n) {
             match self.ask(&self.sentinels[i], options).await {
@@ -302,8 +315,11 @@ impl Sentinel {
                     self.master_name
                 )),
                 Err(e) => {
-                    errors.push(format!("{}: {e}", sentinel_addr(&self.sentinels[i])));
-                    if !(e.is_io_error() || e.is_timeout()) {
+                    let at = sentinel_addr(&self.sentinels[i]);
+                    errors.push(format!("{at}: {e}"));
+                    if let Some(tls) = certificate_refusal(&e) {
+                        lasting = Some(refused_at(format!("sentinel {at}"), tls));
+                    } else if !(e.is_io_error() || e.is_timeout()) {
                         lasting = Some(e);
                     }
                 }

@@ -1,6 +1,9 @@
-//! TLS settings for `rediss://` URLs.
+//! TLS settings for `rediss://` URLs, and telling a refused certificate
+//! from a network failure.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -93,5 +96,98 @@ impl TlsOptions {
             out.push_str(f);
         }
         out
+    }
+}
+
+/// The certificate error in a redis-rs error whose TLS handshake failed on a
+/// certificate: ours was refused, or we refused theirs (a wrong CA, a name
+/// the certificate does not cover). Such a dial fails the same way until
+/// someone changes the certificates, so asking again at once is no use.
+///
+/// redis-rs keeps the socket's `io::Error` behind an `Arc`; tokio-rustls
+/// keeps the `rustls::Error` in it (or [`refused_at`] its [`Refused`]).
+pub(super) fn certificate_refusal(e: &redis::RedisError) -> Option<rustls::Error> {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let source = std::error::Error::source(e)?;
+    let io = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.downcast_ref::<std::io::Error>(),
+        None => source.downcast_ref::<std::io::Error>(),
+    }?;
+    let inner = io.get_ref()?;
+    let tls = match inner.downcast_ref::<Refused>() {
+        Some(refused) => &refused.tls,
+        None => inner.downcast_ref::<rustls::Error>()?,
+    };
+    use rustls::AlertDescription as A;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::AlertReceived(
+                A::BadCertificate
+                    | A::UnknownCA
+                    | A::CertificateRequired
+                    | A::CertificateUnknown
+                    | A::UnsupportedCertificate
+                    | A::HandshakeFailure
+            )
+    )
+    .then(|| tls.clone())
+}
+
+/// A certificate refusal that says where it happened (`sentinel HOST:PORT`,
+/// or the primary): still an I/O error for redis-rs and streambus (a
+/// connection error, with the certificate hint), and still recognised by
+/// [`certificate_refusal`].
+pub(super) fn refused_at(at: String, tls: rustls::Error) -> redis::RedisError {
+    let refused = Refused { at, tls };
+    std::io::Error::new(std::io::ErrorKind::InvalidData, refused).into()
+}
+
+/// See [`refused_at`].
+#[derive(Debug)]
+struct Refused {
+    at: String,
+    tls: rustls::Error,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.tls)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_told_from_a_network_failure() {
+        let bad_ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            bad_ca.clone(),
+        ));
+        assert_eq!(certificate_refusal(&wrapped), Some(bad_ca.clone()));
+        let located = refused_at("sentinel h:1".into(), bad_ca.clone());
+        assert_eq!(certificate_refusal(&located), Some(bad_ca));
+        assert!(located
+            .to_string()
+            .contains("sentinel h:1: invalid peer certificate"));
+        assert!(located.is_io_error());
+
+        let reset =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(certificate_refusal(&reset), None);
+        let other = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
+        let other =
+            redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, other));
+        assert_eq!(certificate_refusal(&other), None);
     }
 }
