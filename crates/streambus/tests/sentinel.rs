@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use common::fault_run::{recording_worker, Handled};
 use common::proxied::short;
+use common::steady::{publish_steadily, Acked};
 
 /// Acknowledged writes up to this long before a SIGKILL may not have reached
 /// the replica (locally it takes well under a millisecond).
@@ -143,15 +144,6 @@ async fn worker_and_producer_follow_an_unplanned_failover() {
     )
     .await;
     assert_ne!(old, new);
-}
-
-/// One acknowledged publish.
-#[derive(Clone, Debug)]
-struct Acked {
-    envelope: String,
-    entry: EntryId,
-    /// When it was acknowledged.
-    at: Instant,
 }
 
 /// A worker and a steady publisher on one `redis+sentinel://` client.
@@ -349,48 +341,6 @@ fn worker_options() -> streambus::WorkerOptions {
         ),
         shutdown_grace: Duration::from_secs(5),
         ..Default::default()
-    }
-}
-
-/// Publishes about 200 envelopes a second until `stop`, recording each one
-/// acknowledged. One that fails `Unconfirmed` or `Unavailable` is published
-/// again with the same envelope; any other failure fails the test.
-async fn publish_steadily(
-    client: Client,
-    stream: String,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    stop: CancellationToken,
-) {
-    let producer = Producer::new(&client, ProducerOptions::default())
-        .await
-        .unwrap();
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    // Steady, not a burst of the ticks missed while a publish waited out the
-    // failover: the window must hold only what it held.
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0.. {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let mut message = Message::json(&serde_json::json!({ "n": i })).unwrap();
-        let envelope = message.envelope_id().unwrap().to_owned();
-        let entry = loop {
-            match producer.publish(&stream, message).await {
-                Ok(id) => break id,
-                Err(mut e)
-                    if matches!(e.kind(), ErrorKind::Unconfirmed | ErrorKind::Unavailable) =>
-                {
-                    message = e.take_unpublished().expect("the message comes back");
-                }
-                Err(e) => panic!("publish failed: {e}"),
-            }
-        };
-        acked.lock().unwrap().push(Acked {
-            envelope,
-            entry,
-            at: Instant::now(),
-        });
     }
 }
 

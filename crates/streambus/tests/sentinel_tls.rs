@@ -18,6 +18,8 @@ use streambus_testkit::{unique_prefix, RedisSentinel, SentinelOptions, ServerOpt
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use common::steady::{publish_steadily, Acked};
+
 fn tls_set(require_client_cert: bool) -> RedisSentinel {
     RedisSentinel::start_with(SentinelOptions {
         server: ServerOptions {
@@ -272,14 +274,6 @@ const SWITCH_ALLOWANCE: Duration = Duration::from_secs(1);
 /// How long a failover, or the end of a run, may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// One acknowledged publish.
-#[derive(Clone, Debug)]
-struct Acked {
-    envelope: String,
-    entry: EntryId,
-    at: Instant,
-}
-
 fn worker_options() -> streambus::WorkerOptions {
     streambus::WorkerOptions {
         consumer_name: Some("w1".into()),
@@ -287,46 +281,6 @@ fn worker_options() -> streambus::WorkerOptions {
         max_deliveries: 1000,
         visibility_timeout: Duration::from_secs(2),
         ..common::worker::fast()
-    }
-}
-
-/// Publishes about 200 envelopes a second until `stop`, recording each one
-/// acknowledged. One that fails `Unconfirmed` or `Unavailable` is published
-/// again with the same envelope; any other failure fails the test.
-async fn publish_steadily(
-    client: Client,
-    stream: String,
-    acked: Arc<Mutex<Vec<Acked>>>,
-    stop: CancellationToken,
-) {
-    let producer = Producer::new(&client, ProducerOptions::default())
-        .await
-        .unwrap();
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0.. {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let mut message = Message::json(&i).unwrap();
-        let envelope = message.envelope_id().unwrap().to_owned();
-        let entry = loop {
-            match producer.publish(&stream, message).await {
-                Ok(id) => break id,
-                Err(mut e)
-                    if matches!(e.kind(), ErrorKind::Unconfirmed | ErrorKind::Unavailable) =>
-                {
-                    message = e.take_unpublished().expect("the message comes back");
-                }
-                Err(e) => panic!("publish failed: {e}"),
-            }
-        };
-        acked.lock().unwrap().push(Acked {
-            envelope,
-            entry,
-            at: Instant::now(),
-        });
     }
 }
 

@@ -10,13 +10,16 @@
 //! - [`proxied`]: a Redis behind the testkit's `FaultProxy`, and the
 //!   connection settings of the fault tests;
 //! - [`fault_run`]: a worker and a steady publisher through a fault, and the
-//!   figures of its recovery.
+//!   figures of its recovery;
+//! - [`steady`]: the Sentinel tests' steady publisher, recording each
+//!   acknowledged publish with its time.
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
 pub mod fault_run;
 pub mod group;
 pub mod proxied;
+pub mod steady;
 pub mod worker;
 
 use std::sync::OnceLock;
