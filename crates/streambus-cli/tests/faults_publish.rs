@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::faults::{aof_always, fast, proxied, runtime};
-use common::{eventually, exit_within};
+use common::{eventually, exit_within, wait_until};
 use streambus::{Client, EntryId};
 use streambus_testkit::{unique_prefix, RedisServer, ServerOptions};
 /// Bound for "publish works again" after a fault ends: a timeout (0.5 s) on
@@ -324,8 +324,13 @@ fn redis_sigkill_and_restart_with_aof_always() {
     let p = Publisher::start(&server.url(), &stream, &[], Pace::steady(total));
     p.wait_printed(1000, Duration::from_secs(10));
     server.kill();
-    // Down for a while, as a restart of a real server would be.
-    std::thread::sleep(Duration::from_secs(1));
+    // Down until publish has noticed and said so (it then waits, retrying),
+    // as a restart of a real server would be.
+    wait_until(
+        Duration::from_secs(20),
+        "publish warning that Redis is away",
+        || p.stderr().contains("warning: Redis at"),
+    );
     server.restart();
     let before = p.printed();
     let recovered = p.time_to_progress(before, RECOVERY_BOUND);

@@ -21,6 +21,7 @@
 //! | `streambus_group_target_consumers` | gauge | stream, group | the scaler's target (monitor) |
 //! | `streambus_partitions_unowned` | gauge | stream, group | partitions of a leased group that no member holds (monitor) |
 //! | `streambus_reconnects_total` | counter | | sockets to Redis replaced after one failed (timed out, reset, closed) |
+//! | `streambus_publish_resends_total` | counter | | pipelines of XADDs sent again because Redis could not take them yet (refused connection, `LOADING`, `BUSY`, a failover): a producer waiting out an outage |
 
 /// Counter: entries written by a producer.
 pub const PUBLISHED: &str = "streambus_published_total";
@@ -52,6 +53,9 @@ pub const GROUP_TARGET_CONSUMERS: &str = "streambus_group_target_consumers";
 pub const PARTITIONS_UNOWNED: &str = "streambus_partitions_unowned";
 /// Counter: sockets to Redis dialed again after one failed (timed out, reset, closed).
 pub const RECONNECTS: &str = "streambus_reconnects_total";
+/// Counter: pipelines of XADDs sent again because Redis could not take them
+/// yet (nothing of them was written).
+pub const PUBLISH_RESENDS: &str = "streambus_publish_resends_total";
 
 /// Registers descriptions for every metric (call once after installing an exporter).
 pub fn describe() {
@@ -60,6 +64,10 @@ pub fn describe() {
     describe_counter!(
         RECONNECTS,
         "Sockets to Redis replaced after one failed (timed out, reset, closed)"
+    );
+    describe_counter!(
+        PUBLISH_RESENDS,
+        "Pipelines of XADDs sent again because Redis could not take them yet"
     );
     describe_counter!(DELIVERED, "Entries handed to a handler");
     describe_counter!(ACKED, "Entries acknowledged");

@@ -14,8 +14,40 @@ mod common;
 use common::proxied::{short, Proxied};
 use common::xlen;
 
+/// Pipelines the producers of this test binary have sent again
+/// (`streambus_publish_resends_total`), read from a recorder installed on
+/// first use. The tests that make a producer resend hold [`RESENDING`], so
+/// that one's count is not another's.
+fn resends() -> u64 {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let handle = HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap()
+    });
+    handle
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(streambus::metrics::PUBLISH_RESENDS))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Held by the tests in which a producer resends (see [`resends`]).
+static RESENDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until the producers have sent pipelines again `n` more times than
+/// `before`: a publish is waiting out the fault, not just started.
+async fn wait_resends(before: u64, n: u64, what: &str) {
+    streambus_testkit::wait::wait_for(Duration::from_secs(10), what, || {
+        std::future::ready(resends() >= before + n)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
+    let _resending = RESENDING.lock().await;
     let Proxied {
         redis,
         proxy,
@@ -32,6 +64,7 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
     .await
     .unwrap();
     let accepted = proxy.connections_accepted();
+    let before = resends();
     // Refused connections: nothing can be sent, so publish waits for Redis...
     proxy.refuse();
     proxy.reset_all();
@@ -50,9 +83,9 @@ async fn publish_waits_while_redis_refuses_then_gives_up_with_the_message() {
             }
         }
     });
-    // The outage's length is the fault itself (not a wait for something to
-    // happen): shorter than publish_timeout, longer than several dials.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The outage lasts until the publish has been refused and sent again
+    // three times (its backoff: 50, 100, 200 ms), well within publish_timeout.
+    wait_resends(before, 3, "the publish sent again while refused").await;
     assert!(
         !waiting.is_finished(),
         "publish is still waiting when Redis comes back"
@@ -172,6 +205,7 @@ async fn an_idle_connection_that_died_is_replaced_before_a_write() {
 /// sent again until Redis takes it, within `publish_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_waits_out_a_busy_redis() {
+    let _resending = RESENDING.lock().await;
     let redis = RedisServer::start_with(ServerOptions {
         extra_args: vec!["--busy-reply-threshold".into(), "50".into()],
         ..Default::default()
@@ -208,10 +242,11 @@ async fn publish_waits_out_a_busy_redis() {
     .await;
     let p = producer.clone();
     let s = stream.clone();
+    let before = resends();
     let publishing = tokio::spawn(async move { p.publish(&s, Message::json(&1).unwrap()).await });
-    // How long Redis stays busy: the fault's length, not a wait for
-    // something to happen (Redis answers nothing but BUSY meanwhile).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Redis stays busy until the publish has been refused (BUSY) and sent
+    // again twice.
+    wait_resends(before, 2, "the publish sent again while Redis is busy").await;
     assert!(
         !publishing.is_finished(),
         "publish waits while Redis is busy"

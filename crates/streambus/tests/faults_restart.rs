@@ -35,10 +35,12 @@ async fn worker_and_producer_survive_a_redis_crash_with_aof() {
     // of Redis, through the reconnect backoff): publishes wait meanwhile
     // (publish_timeout).
     let accepted = proxy.connections_accepted();
-    streambus_testkit::wait::wait_for(
+    common::proxied::wait_for_dials(
+        &proxy,
+        accepted,
+        6,
         Duration::from_secs(15),
         "the worker dialing a dead Redis",
-        || std::future::ready(proxy.connections_accepted() >= accepted + 6),
     )
     .await;
     redis.restart();

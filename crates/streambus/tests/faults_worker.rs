@@ -21,7 +21,7 @@ use tokio::time::Instant;
 mod common;
 
 use common::fault_run::{publish_steadily, recording_worker, wait_all_handled, wait_handled, Run};
-use common::proxied::{fast, proxy_to};
+use common::proxied::{fast, proxy_to, wait_for_dials};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_a_black_hole_and_heals_on_new_connections() {
@@ -36,10 +36,12 @@ async fn worker_survives_a_black_hole_and_heals_on_new_connections() {
     // is dialing again into the black hole (two new connections: it is in its
     // reconnect loop), not for a fixed time.
     let accepted = proxy.connections_accepted();
-    streambus_testkit::wait::wait_for(
+    wait_for_dials(
+        &proxy,
+        accepted,
+        2,
         Duration::from_secs(15),
         "the worker dialing into the black hole",
-        || std::future::ready(proxy.connections_accepted() >= accepted + 2),
     )
     .await;
     assert!(
@@ -76,15 +78,27 @@ async fn with_default_settings_a_worker_recovers_within_10s_of_healing() {
         .unwrap();
     wait_handled(&handled, 1, Duration::from_secs(5)).await;
     assert_eq!(handled.lock().unwrap().len(), 1);
-    // The probe: 10 s of silence, entries arriving meanwhile, then the
-    // network heals for new connections only.
+    // The probe: silence, entries arriving meanwhile, then the
+    // network heals for new connections only. The silence lasts until the
+    // worker, with the default timeouts, has found its sockets dead and is
+    // dialing again into the black hole (two new connections), not for a
+    // fixed time.
+    let accepted = proxy.connections_accepted();
     proxy.black_hole();
     let ids: Vec<streambus::EntryId> = producer
         .publish_batch(&stream, common::numbered(1..=50))
         .await
         .unwrap();
     assert_eq!(ids.len(), 50);
-    tokio::time::sleep(Duration::from_secs(10)).await; // the fault's length
+    let cut = Instant::now();
+    wait_for_dials(
+        &proxy,
+        accepted,
+        2,
+        Duration::from_secs(40),
+        "the worker dialing into the black hole",
+    )
+    .await;
     proxy.heal();
     let healed = Instant::now();
     producer
@@ -102,7 +116,8 @@ async fn with_default_settings_a_worker_recovers_within_10s_of_healing() {
         )
     };
     eprintln!(
-        "default settings, black hole 10 s: heal -> first entry handled {recovered:?}, -> all 100 {all:?}"
+        "default settings, black hole of {:?} (until two dials went into it): heal -> first entry handled {recovered:?}, -> all 100 {all:?}",
+        healed - cut
     );
     assert!(recovered <= Duration::from_secs(10), "{recovered:?}");
     stop.cancel();
@@ -116,13 +131,26 @@ async fn worker_survives_a_reset_storm() {
     let proxy = proxy_to(&redis).await;
     let run = Run::start("rst", &proxy, &redis.url(), 2500, 500).await;
     run.handled_at_least(200).await;
-    let storm_end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < storm_end {
+    // For 3 s, a reset each time the worker has dialed again after the last
+    // one (entries keep arriving meanwhile).
+    let storm = Instant::now();
+    let mut resets = 0;
+    while storm.elapsed() < Duration::from_secs(3) {
+        resets += 1;
+        let accepted = proxy.connections_accepted();
         proxy.reset_all();
-        tokio::time::sleep(Duration::from_millis(500)).await; // the storm's rhythm
+        wait_for_dials(
+            &proxy,
+            accepted,
+            1,
+            Duration::from_secs(15),
+            "the worker dialing again after a reset",
+        )
+        .await;
     }
     let healed = Instant::now();
-    run.finish(&redis.url(), healed, "reset storm 3 s").await;
+    let what = format!("reset storm of {resets} resets over {:?}", healed - storm);
+    run.finish(&redis.url(), healed, &what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,6 +343,8 @@ impl Producer {
                 tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now())))
                     .await;
                 delay = (delay * 2).min(RESEND_MAX_DELAY);
+                metrics::counter!(crate::metrics::PUBLISH_RESENDS)
+                    .increment(not_sent_yet.len() as u64);
                 not_sent_yet.sort_unstable();
                 for c in not_sent_yet.drain(..).rev() {
                     to_send.push_front(c);

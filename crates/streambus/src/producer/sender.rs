@@ -117,6 +117,7 @@ async fn send_pipeline(
             },
         };
         if again && deadline.is_some_and(|d| Instant::now() + delay < d) {
+            metrics::counter!(crate::metrics::PUBLISH_RESENDS).increment(1);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RESEND_MAX_DELAY);
             continue;

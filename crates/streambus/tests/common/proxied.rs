@@ -63,6 +63,22 @@ pub async fn proxy_to(redis: &RedisServer) -> FaultProxy {
     FaultProxy::start(addr).await.unwrap()
 }
 
+/// Waits (up to `deadline`) until `n` more connections than `accepted` have
+/// been made through `proxy`: its clients noticed the fault and are dialing
+/// again. The fault tests end a fault on that, not after a fixed time.
+pub async fn wait_for_dials(
+    proxy: &FaultProxy,
+    accepted: u64,
+    n: u64,
+    deadline: std::time::Duration,
+    what: &str,
+) {
+    streambus_testkit::wait::wait_for(deadline, what, || {
+        std::future::ready(proxy.connections_accepted() >= accepted + n)
+    })
+    .await;
+}
+
 /// A private Redis behind a proxy, a stream name, and a connection with short
 /// timeouts through the proxy: the setting of the producer's own tests.
 pub struct Proxied {
