@@ -159,6 +159,7 @@ async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
         }
         rows.push(publish::publish_concurrent(ctx).await?);
         rows.push(publish::publish_batches(ctx).await?);
+        rows.push(publish::publish_batches_two(ctx).await?);
         rows.extend(replicas::min_replicas(ctx).await?);
         rows.extend(publish::cli_publish(ctx).await?);
         rows.extend(consume::consume(ctx).await?);
