@@ -36,9 +36,8 @@ mod worker;
 /// is published); glibc's malloc takes the owning arena's lock for each such
 /// free, and its lock waits and wake-ups were a fifth of the worker's CPU. With
 /// mimalloc (cross-thread frees without a lock) the Python worker with a no-op
-/// handler went from 311,000 to 347,000 entries/s (`python bench.py`, three
-/// runs each). The CLI keeps the system allocator: there mimalloc doubled the
-/// worker's RSS for no measured gain.
+/// handler went from 311–324k to 320–348k entries/s (`python bench.py`). Built
+/// with `no_thp`: with transparent huge pages its peak RSS was 20 MiB higher.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
