@@ -261,7 +261,7 @@ impl Worker {
             handler_tasks: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stats: Stats::default(),
             tasks: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
+            hard_stop: HardStop::default(),
             fence: self.fence.clone(),
             metrics: Metrics {
                 delivered: metrics::counter!(m::DELIVERED, &labels),
@@ -385,7 +385,7 @@ struct Shared<H> {
     tasks: TaskTracker,
     /// Cancelled when the shutdown grace runs out, or `run` is dropped:
     /// unfinished handlers are dropped.
-    hard_stop: CancellationToken,
+    hard_stop: HardStop,
     /// Leased partitions only: the owner lease. Once it is lost (its local
     /// deadline passed, or a renewal or fenced ack found it taken), nothing
     /// more is read, claimed, handled, dead-lettered or acknowledged here; the
@@ -417,4 +417,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave them inconsistent (single
     // inserts and removes), so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A cancellation token whose `is_cancelled` is one atomic load:
+/// `CancellationToken::is_cancelled` takes a mutex, and the worker asks once
+/// per entry, from every handler task at once.
+#[derive(Debug, Default)]
+struct HardStop {
+    cancelled: std::sync::atomic::AtomicBool,
+    token: CancellationToken,
+}
+
+impl HardStop {
+    fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
 }
