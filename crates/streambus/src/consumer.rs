@@ -319,6 +319,21 @@ impl Consumer {
         async move { reader.ack_then_read(&ack_ids, count).await }
     }
 
+    /// [`Consumer::read_ahead`] on the consumer's other connection (the shared
+    /// one, not the one for blocking reads). Each connection's replies are
+    /// parsed by one task, so two reads under way on the two connections are
+    /// parsed on two threads at once. Redis may serve them in either order;
+    /// each takes a contiguous run of the new entries, so ordering the two
+    /// batches by their first id gives stream order.
+    pub fn read_ahead_shared(
+        &self,
+        ack_ids: Vec<EntryId>,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Entry>>> + Send + 'static {
+        let reader = self.reader(true);
+        async move { reader.ack_then_read(&ack_ids, count).await }
+    }
+
     /// A handle that sends non-blocking reads of new entries (with
     /// acknowledgements) on this consumer's read connection without borrowing
     /// the consumer, so that a worker can have a second read under way while it

@@ -86,8 +86,9 @@ pub struct ConsumeArgs {
     #[arg(short, long, value_name = "NAME")]
     pub consumer: Option<String>,
 
-    /// Most entries per read [default: the group's batch_size in the topology
-    /// file, else 1000 when printing, 128 with --pipe, 10 with --exec].
+    /// Most entries per read (when printing, a batch read ahead is read as
+    /// two halves) [default: the group's batch_size in the topology file,
+    /// else 2000 when printing, 128 with --pipe, 10 with --exec].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
 
