@@ -315,8 +315,7 @@ impl Consumer {
         ack_ids: Vec<EntryId>,
         count: usize,
     ) -> impl std::future::Future<Output = Result<Vec<Entry>>> + Send + 'static {
-        let reader = self.reader(false);
-        async move { reader.ack_then_read(&ack_ids, count).await }
+        self.read_ahead_on(false, ack_ids, count)
     }
 
     /// [`Consumer::read_ahead`] on the consumer's other connection (the shared
@@ -330,7 +329,16 @@ impl Consumer {
         ack_ids: Vec<EntryId>,
         count: usize,
     ) -> impl std::future::Future<Output = Result<Vec<Entry>>> + Send + 'static {
-        let reader = self.reader(true);
+        self.read_ahead_on(true, ack_ids, count)
+    }
+
+    fn read_ahead_on(
+        &self,
+        shared: bool,
+        ack_ids: Vec<EntryId>,
+        count: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<Entry>>> + Send + 'static {
+        let reader = self.reader(shared);
         async move { reader.ack_then_read(&ack_ids, count).await }
     }
 
