@@ -227,12 +227,6 @@ async fn publish_lines(
         let mut read_ahead = None;
         let sent = loop {
             tokio::select! {
-                // The send first, so that its pipelines are written before
-                // the next chunk is parsed (a chunk already buffered is parsed
-                // in one go): Redis works on them meanwhile. Polled in a
-                // random order, half the chunks waited for the next one's
-                // parsing before they were sent.
-                biased;
                 sent = &mut send => break sent,
                 c = &mut next, if read_ahead.is_none() => read_ahead = Some(c),
             }
