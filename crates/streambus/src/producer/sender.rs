@@ -28,8 +28,11 @@ use crate::connection::{not_sent, Connection};
 /// are answered. Measured, 256 callers, 2 cores (median of 4–6 alternating
 /// runs, msg/s): 512 × 4 158k, 64 × 4 190k, 64 × 8 205k, 32 × 8 257k–303k,
 /// 16 × 16 285k. They are written on one connection, in the order they were
-/// queued (`FuturesUnordered` polls new futures first-in first-out), so Redis
-/// executes them in that order.
+/// queued, so Redis executes them in that order: `FuturesUnordered` first
+/// polls new futures first-in first-out, and each runs `unconstrained`, so
+/// that tokio's cooperative budget never stops one before its pipeline is
+/// queued (one stopped was polled again only after the newer ones, which were
+/// then written first; see `publish_batch_each`).
 pub(super) async fn sender_task(
     conn: Connection,
     max_pipeline: usize,
@@ -49,13 +52,13 @@ pub(super) async fn sender_task(
             jobs = recv_jobs(&mut rx, max_pipeline), if room => match jobs {
                 Some(jobs) => {
                     for jobs in by_stream(jobs) {
-                        in_flight.push(send_pipeline(
+                        in_flight.push(tokio::task::unconstrained(send_pipeline(
                             conn.clone(),
                             jobs,
                             publish_timeout,
                             trimmer.clone(),
                             wait,
-                        ));
+                        )));
                     }
                 }
                 None => break,
