@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::data::{data_n, numbered, numbered_with_blanks, xlen};
-use common::{fails, json_lines, ok, run, run_with, sb_redis, text};
+use common::{exit_within, fails, json_lines, ok, run, run_with, sb_redis, text};
 use streambus_testkit::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -51,20 +51,60 @@ fn publish_json_arguments_prints_one_id_each() {
 #[test]
 fn publish_stdin_streams_many_lines() {
     let server = RedisServer::start();
-    let input = numbered_with_blanks(2500, 700);
+    // More lines than one chunk (4096) and more bytes than one read of stdin.
+    let input = numbered_with_blanks(10_000, 700);
     let out = ok(&publish_stdin(&server, &[], input.as_bytes()));
     let ids: Vec<&str> = out.lines().collect();
-    assert_eq!(ids.len(), 2500);
+    assert_eq!(ids.len(), 10_000);
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
-    assert_eq!(unique.len(), 2500);
-    assert_eq!(xlen(&server, "s"), 2500);
+    assert_eq!(unique.len(), 10_000);
+    assert_eq!(xlen(&server, "s"), 10_000);
     // In order: the last entry is the last line.
     let last = json_lines(&ok(&run(
         sb_redis(&server, &["tail", "s", "-n", "1"]),
         DEADLINE,
     )));
-    assert_eq!(data_n(&last[0]), 2499);
+    assert_eq!(data_n(&last[0]), 9999);
     assert_eq!(last[0]["entry_id"], *ids.last().unwrap());
+}
+
+/// A line that arrives alone, with stdin left open, is published and its id
+/// printed at once: stdin is read ahead, but a chunk never waits for more.
+#[test]
+fn publish_stdin_sends_a_line_as_it_comes_while_stdin_stays_open() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+
+    let server = RedisServer::start();
+    let mut child = publish_command(&server, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    for n in 0..3 {
+        writeln!(stdin, r#"{{"n":{n}}}"#).unwrap();
+        stdin.flush().unwrap();
+        let id = printed
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no id printed for line {} within {DEADLINE:?}", n + 1));
+        assert!(id.contains('-'), "{id}");
+        assert_eq!(xlen(&server, "s"), n + 1);
+    }
+    drop(stdin);
+    let status = exit_within(&mut child, DEADLINE).expect("still running after stdin closed");
+    assert!(status.success());
 }
 
 #[test]

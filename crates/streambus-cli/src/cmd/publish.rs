@@ -11,23 +11,26 @@
 mod deliver;
 mod key_field;
 mod report;
+mod stdin;
 
 use anyhow::{bail, Context, Result};
 use streambus::partition::PartitionedProducer;
 use streambus::{Client, EntryId, Message, Producer, ProducerOptions, Retention};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use self::deliver::{Anchor, Delivery, Line, Throttle};
 use self::report::Report;
+use self::stdin::ReadAhead;
 use crate::cli::PublishArgs;
 use crate::output::Lines;
 use crate::topology::Topology;
 
-/// Most stdin lines published in one pipeline; also bounds memory (with the
-/// message size limit).
-const CHUNK_LINES: usize = 1000;
-/// Read buffer for stdin: enough for many lines per chunk from a file.
-const STDIN_BUFFER: usize = 256 * 1024;
+/// Most stdin lines in one chunk: a chunk's replies are all awaited before
+/// the next chunk is sent, so a chunk should span many pipelines.
+const CHUNK_LINES: usize = 4096;
+/// A chunk ends after the line that takes its text past this many bytes:
+/// with the line count, this bounds memory for lines of any size.
+const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>) -> Result<()> {
     let partitions = super::partitions(args.partitions, topology, &args.stream)?;
@@ -143,7 +146,7 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
         envelope: &envelope,
         warnings: Throttle::default(),
     };
-    let stdin = BufReader::with_capacity(STDIN_BUFFER, tokio::io::stdin());
+    let stdin = ReadAhead::stdin();
     let limit = args.max_message_bytes;
     publish_lines(&mut delivery, limit, stdin, &envelope, &mut out).await
 }
@@ -181,16 +184,17 @@ impl Target<'_> {
     }
 }
 
-/// Publishes one envelope per non-blank line, in chunks: a chunk is what is
-/// already buffered (up to [`CHUNK_LINES`]), so a file goes in large pipelines
-/// and a line typed by hand goes out at once. The next chunk is read while the
-/// previous one is being published (and, while Redis is away, retried: see
-/// [`deliver`]); stdin is read no further until it is done, so memory stays
-/// bounded and the program feeding stdin waits, rather than dying of SIGPIPE.
+/// Publishes one envelope per non-blank line, in chunks: a chunk is what has
+/// already been read (up to [`CHUNK_LINES`] or [`CHUNK_BYTES`]), so a file
+/// goes in large pipelines and a line typed by hand goes out at once. The next
+/// chunk is read while the previous one is being published (and, while Redis
+/// is away, retried: see [`deliver`]); stdin is read no further than
+/// [`stdin`]'s bounded read-ahead until it is done, so memory stays bounded
+/// and the program feeding stdin waits, rather than dying of SIGPIPE.
 async fn publish_lines(
     delivery: &mut Delivery<'_>,
     limit: usize,
-    mut input: BufReader<impl AsyncRead + Unpin>,
+    mut input: ReadAhead,
     envelope: &dyn Fn(String) -> Result<Message>,
     out: &mut Lines,
 ) -> Result<()> {
@@ -262,12 +266,12 @@ struct Chunk {
     bad_line: Option<(u64, anyhow::Error)>,
 }
 
-/// Reads one line (waiting for it if needed), then every further complete line
-/// that is already buffered, up to [`CHUNK_LINES`]. An empty chunk means end of
+/// Reads one line (waiting for it if needed), then every further line that has
+/// already been read from stdin, up to [`CHUNK_LINES`] or [`CHUNK_BYTES`]. An empty chunk means end of
 /// input. Lines longer than the size limit are refused without being held in
 /// memory whole.
 async fn read_chunk(
-    input: &mut BufReader<impl AsyncRead + Unpin>,
+    input: &mut ReadAhead,
     line_no: &mut u64,
     limit: usize,
     envelope: &dyn Fn(String) -> Result<Message>,
@@ -278,8 +282,8 @@ async fn read_chunk(
         bad_line: None,
     };
     let mut buf = Vec::new();
-    while chunk.lines.len() < CHUNK_LINES {
-        if !chunk.lines.is_empty() && !input.buffer().contains(&b'\n') {
+    while chunk.lines.len() < CHUNK_LINES && chunk.text.len() < CHUNK_BYTES {
+        if !chunk.lines.is_empty() && !input.buffer().contains(&b'\n') && !input.has_ready() {
             // The next line is not here yet: send what we have first.
             break;
         }
