@@ -121,13 +121,13 @@ fn consume_through_a_black_hole_prints_every_entry_once() {
     let run = consume(&s.proxy.url(), stream, 150, &[]);
     run.wait_lines(50, "the entries before the fault");
 
-    let (during, healed) = s.black_hole_3s(&run, stream, 50, 50);
+    let (during, healed) = s.black_hole_until_redialed(&run, stream, 50, 50);
     published.extend(during);
     published.extend(add(&s.redis, stream, 100, 50));
 
     let recovery = run.recovered_after(healed, 51, "the first entry after heal");
     let out = run.exit();
-    eprintln!("consume, black hole 3 s: first entry {recovery:?} after heal");
+    eprintln!("consume, black hole until two redials: first entry {recovery:?} after heal");
     assert_consumed_once(&s, stream, &out, &published);
     assert_outage_noted(&out.stderr);
     assert!(recovery <= RECOVERY, "recovered after {recovery:?}");

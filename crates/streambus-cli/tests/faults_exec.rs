@@ -131,10 +131,13 @@ fn scenario(s: &mut Proxied, fault: impl FnOnce(&mut Proxied)) -> Duration {
 fn exec_workers_survive_a_black_hole() {
     let mut s = proxied(false);
     scenario(&mut s, |s| {
+        let accepted = s.proxy.connections_accepted();
         s.proxy.black_hole();
         // Entries arrive while the workers cannot see them.
         publish_n(&s.redis, "jobs", 100..200);
-        std::thread::sleep(Duration::from_secs(3)); // the fault's length
+        // Until the workers have given up silent connections and dialed
+        // anew, twice (the new ones are swallowed too).
+        s.wait_for_dials(accepted, 2, "two dials into the black hole");
         s.proxy.heal();
     });
 }
@@ -144,8 +147,11 @@ fn exec_workers_survive_a_redis_crash_with_aof() {
     let mut s = proxied(true);
     scenario(&mut s, |s| {
         publish_n(&s.redis, "jobs", 100..200);
+        let accepted = s.proxy.connections_accepted();
         s.redis.kill();
-        std::thread::sleep(Duration::from_secs(1)); // the outage's length
+        // Down until the workers have tried to reconnect twice (the proxy
+        // accepts, finds no Redis behind it, and closes).
+        s.wait_for_dials(accepted, 2, "two dials while Redis is down");
         s.redis.restart();
     });
 }
@@ -154,18 +160,15 @@ fn exec_workers_survive_a_redis_crash_with_aof() {
 fn exec_workers_survive_a_reset_storm() {
     let mut s = proxied(false);
     scenario(&mut s, |s| {
-        let end = Instant::now() + Duration::from_secs(3);
-        let mut part = 100;
-        while Instant::now() < end {
+        // Six resets, each once the workers have reconnected since the one
+        // before, with entries published between them.
+        for part in (100..200).step_by(20).chain([200]) {
+            let accepted = s.proxy.connections_accepted();
             s.proxy.reset_all();
             if part < 200 {
                 publish_n(&s.redis, "jobs", part..part + 20);
-                part += 20;
             }
-            std::thread::sleep(Duration::from_millis(500)); // the storm's rhythm
-        }
-        if part < 200 {
-            publish_n(&s.redis, "jobs", part..200);
+            s.wait_for_dials(accepted, 1, "a reconnect after the reset");
         }
     });
 }

@@ -354,9 +354,12 @@ fn black_hole_then_heal_new_connections_only() {
     let total = 6000;
     let p = Publisher::start(&s.proxy.url(), &stream, &[], Pace::steady(total));
     p.wait_printed(1000, Duration::from_secs(10));
+    let accepted = s.proxy.connections_accepted();
     s.proxy.black_hole();
     let cut = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    // Until the publisher has given up the silent connection and dialed
+    // anew twice (the new connections are swallowed too).
+    s.wait_for_dials(accepted, 2, "two dials into the black hole");
     let during = p.printed();
     s.proxy.heal();
     let recovered = p.time_to_progress(during, RECOVERY_BOUND);
@@ -366,7 +369,7 @@ fn black_hole_then_heal_new_connections_only() {
     // One at the first failure, then at most one per 5 s.
     assert!(!w.is_empty() && w.len() <= 2, "warnings: {w:#?}");
     eprintln!(
-        "black hole 3 s: first id {recovered:?} after heal ({:?} after the cut); stderr:\n{}",
+        "black hole until two redials: first id {recovered:?} after heal ({:?} after the cut); stderr:\n{}",
         cut.elapsed(),
         err.join("\n")
     );

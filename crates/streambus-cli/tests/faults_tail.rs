@@ -40,13 +40,13 @@ fn tail_follows_through_a_black_hole_without_gap_or_duplicate() {
     let run = tail(&s.proxy.url(), stream, 150);
     run.wait_lines(50, "the history");
 
-    let (during, healed) = s.black_hole_3s(&run, stream, 50, 50);
+    let (during, healed) = s.black_hole_until_redialed(&run, stream, 50, 50);
     published.extend(during);
     published.extend(add(&s.redis, stream, 100, 50));
 
     let recovery = run.recovered_after(healed, 51, "the first entry after heal");
     let out = run.exit();
-    eprintln!("tail --follow, black hole 3 s: first entry {recovery:?} after heal");
+    eprintln!("tail --follow, black hole until two redials: first entry {recovery:?} after heal");
     assert_printed_in_order(&out, &published);
     assert_outage_noted(&out.stderr);
     assert!(recovery <= RECOVERY, "recovered after {recovery:?}");

@@ -13,7 +13,7 @@ use serde_json::Value;
 use streambus_testkit::{Appendfsync, FaultProxy, RedisServer, ServerOptions};
 
 use super::data::add;
-use super::{eventually, exit_within, sb_url, sigterm};
+use super::{eventually, exit_within, sb_url, sigterm, wait_until};
 
 /// How long any one step may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -90,11 +90,25 @@ impl Proxied {
         Instant::now()
     }
 
-    /// A 3 s black hole between `run` and Redis, while `n` entries (from
-    /// `from`, see [`add`]) are published straight to Redis: nothing of them
-    /// gets through meanwhile. Returns their ids and the moment of the heal.
+    /// Waits until the clients through the proxy have dialed `n` more
+    /// connections than `accepted` (a [`FaultProxy::connections_accepted`]
+    /// read before the fault): they noticed it and are trying again. A fault
+    /// ends on that, not after a fixed time.
     #[track_caller]
-    pub fn black_hole_3s(
+    pub fn wait_for_dials(&self, accepted: u64, n: u64, what: &str) {
+        wait_until(DEADLINE, what, || {
+            self.proxy.connections_accepted() >= accepted + n
+        });
+    }
+
+    /// A black hole between `run` and Redis, while `n` entries (from `from`,
+    /// see [`add`]) are published straight to Redis: nothing of them gets
+    /// through meanwhile. It lasts until the clients have given up a silent
+    /// connection and dialed anew twice (the new connections are swallowed
+    /// too), so that recovery is shown after repeated failures. Returns the
+    /// entries' ids and the moment of the heal.
+    #[track_caller]
+    pub fn black_hole_until_redialed(
         &self,
         run: &Running,
         stream: &str,
@@ -102,11 +116,10 @@ impl Proxied {
         n: u32,
     ) -> (Vec<String>, Instant) {
         let before = run.count();
+        let accepted = self.proxy.connections_accepted();
         self.proxy.black_hole();
-        let cut = Instant::now();
         let ids = add(&self.redis, stream, from, n);
-        // The fault lasts 3 s, whatever happens meanwhile.
-        std::thread::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed()));
+        self.wait_for_dials(accepted, 2, "two dials into the black hole");
         assert_eq!(run.count(), before, "nothing gets through a black hole");
         self.proxy.heal();
         (ids, Instant::now())
