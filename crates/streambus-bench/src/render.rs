@@ -53,6 +53,44 @@ pub(crate) fn targets(r: &BenchReport) -> Vec<Target> {
             goal,
         );
     }
+    // Against the Python libraries people use, when the run had them: never
+    // slower, and the sequential worker about twice the Python loop.
+    for (what, key, peer, goal) in [
+        (
+            "worker read+ack, concurrency 1 / walrus read + ack",
+            "worker_c1",
+            "peer_walrus_consume",
+            2.0,
+        ),
+        (
+            "streambus consume > pipe / walrus read + ack",
+            "cli_consume",
+            "peer_walrus_consume",
+            1.0,
+        ),
+        (
+            "streambus consume > pipe / redis-streams Consumer",
+            "cli_consume",
+            "peer_redis_streams_consume",
+            1.0,
+        ),
+        (
+            "publish_batch (library) / redis-py pipeline",
+            "publish_batch",
+            "peer_redis_py_publish",
+            1.0,
+        ),
+        (
+            "streambus publish (stdin) / redis-py pipeline",
+            "cli_publish",
+            "peer_redis_py_publish",
+            1.0,
+        ),
+    ] {
+        if let Some(p) = row(peer) {
+            ratio_target(what, row(key).map(|t| t.rate / p.rate), goal);
+        }
+    }
     for (what, key, goal) in [
         (
             "streambus consume --pipe, Python handler",

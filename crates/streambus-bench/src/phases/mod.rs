@@ -31,6 +31,7 @@ mod cli_consume;
 mod consume;
 mod latency;
 mod memory;
+mod peers;
 mod publish;
 mod reference;
 mod replicas;
@@ -164,6 +165,7 @@ async fn measure(ctx: &mut Ctx<'_>) -> Result<Measured> {
         rows.extend(publish::cli_publish(ctx).await?);
         rows.extend(consume::consume(ctx).await?);
         rows.extend(cli_consume::cli_consume(ctx).await?);
+        rows.extend(peers::peers(ctx).await?);
         // Keys of a round are not needed by the next: drop them now, so the
         // server's memory stays that of one round.
         drop_keys(ctx).await;

@@ -130,6 +130,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 
+    /// The Python of the `consume --pipe` handler and of the peers' rows
+    /// (redis-py, walrus, redis-streams: each measured when this Python can
+    /// import it).
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: String,
+
     /// Skip the redis-benchmark reference (then no ratios).
     #[arg(long)]
     pub no_redis_benchmark: bool,

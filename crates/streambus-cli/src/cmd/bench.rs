@@ -37,6 +37,7 @@ pub async fn run(given: Option<String>, args: BenchArgs) -> Result<()> {
     if args.no_redis_benchmark {
         opts.redis_benchmark_bin = None;
     }
+    opts.python_bin = args.python.clone();
     opts.cluster_compare = args.cluster || args.cluster_only;
     opts.cluster_only = args.cluster_only;
     let exe = std::env::current_exe().context("cannot find this program's path")?;
