@@ -6,9 +6,8 @@ use std::time::Duration;
 use streambus_bench::BenchOptions;
 use streambus_testkit::RedisServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiny_bench_reports_sane_figures() {
-    let server = RedisServer::start();
+/// A bench of a few thousand messages against `server`.
+fn tiny(server: &RedisServer) -> BenchOptions {
     let mut opts = BenchOptions::default();
     opts.redis = Some(server.url());
     opts.publish_messages = 2_000;
@@ -21,6 +20,16 @@ async fn tiny_bench_reports_sane_figures() {
     opts.latency_warmup = Duration::from_millis(50);
     // A short BLOCK, so each worker phase stops quickly.
     opts.worker.block = Duration::from_millis(50);
+    opts.cli_consume_messages = 2_000;
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_bench_reports_sane_figures() {
+    let server = RedisServer::start();
+    let mut opts = tiny(&server);
+    // No Python: the peers are skipped, with a note each.
+    opts.python_bin = "/nonexistent/python3".into();
     let lines = std::sync::Mutex::new(Vec::new());
     let report = streambus_bench::run(opts, |l| lines.lock().unwrap().push(l.to_owned()))
         .await
@@ -62,6 +71,12 @@ async fn tiny_bench_reports_sane_figures() {
     assert_eq!(report.targets.len(), 16);
     assert!(report.notes.iter().any(|n| n.contains("streambus publish")));
     assert!(report.notes.iter().any(|n| n.contains("streambus consume")));
+    let skipped = report
+        .notes
+        .iter()
+        .filter(|n| n.starts_with("peer "))
+        .count();
+    assert_eq!(skipped, 3, "{:#?}", report.notes);
 
     let table = report.table();
     assert!(table.contains("publish → handler at 2000 msg/s"), "{table}");
@@ -70,4 +85,80 @@ async fn tiny_bench_reports_sane_figures() {
 
     // Nothing left behind on a server that is not the bench's own.
     assert_eq!(server.cli(&["DBSIZE"]), "0");
+}
+
+/// The Python peers' rows, with a Python that has them: a venv of this test's
+/// own under the target directory, filled from PyPI once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_peers_are_measured_when_importable() {
+    let python = tokio::task::spawn_blocking(peers_python).await.unwrap();
+    let server = RedisServer::start();
+    let mut opts = tiny(&server);
+    opts.python_bin = python;
+    let report = streambus_bench::run(opts, |_| {}).await.unwrap();
+    for key in [
+        "peer_redis_py_publish",
+        "peer_walrus_consume",
+        "peer_redis_streams_consume",
+    ] {
+        let row = report.throughput.iter().find(|t| t.key == key);
+        assert!(
+            row.is_some_and(|t| t.rate > 0.0 && t.messages > 0),
+            "{key}: {row:?}; notes: {:#?}",
+            report.notes
+        );
+    }
+    assert!(
+        !report.notes.iter().any(|n| n.starts_with("peer ")),
+        "{:#?}",
+        report.notes
+    );
+    // The five comparisons with the peers whose other side ran (the CLI rows
+    // need the binary): the worker and publish_batch against walrus and redis-py.
+    let against: Vec<&str> = report
+        .targets
+        .iter()
+        .map(|t| t.what.as_str())
+        .filter(|w| w.contains("walrus") || w.contains("redis-py") || w.contains("redis-streams"))
+        .collect();
+    assert!(
+        against.contains(&"worker read+ack, concurrency 1 / walrus read + ack")
+            && against.contains(&"publish_batch (library) / redis-py pipeline"),
+        "{against:?}"
+    );
+    assert_eq!(server.cli(&["DBSIZE"]), "0");
+}
+
+/// A Python that imports redis, walrus and redis-streams' consumer.
+fn peers_python() -> String {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-peers-venv");
+    let python = venv.join("bin/python");
+    let has_them = || {
+        std::process::Command::new(&python)
+            .args(["-c", "import redis, walrus, redis_streams.consumer"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_them() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(made.success(), "python3 -m venv {}", venv.display());
+        // redis-streams 0.3.0 imports typing_extensions without declaring it.
+        let installed = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args([
+                "redis",
+                "walrus",
+                "redis-streams==0.3.0",
+                "typing_extensions",
+            ])
+            .status()
+            .expect("pip install");
+        assert!(installed.success(), "pip install of the peers failed");
+        assert!(has_them(), "the peers do not import after pip install");
+    }
+    python.to_string_lossy().into_owned()
 }

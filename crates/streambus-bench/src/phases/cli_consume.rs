@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStdout, Command};
 
-use super::{fill, throughput_row, Ctx, TICK};
+use super::{fill, pending, python_check, throughput_row, Ctx, TICK};
 use crate::noop::LIMIT;
 use crate::sys;
 use crate::{Error, Result, Throughput};
@@ -136,21 +136,12 @@ pub(super) async fn cli_consume(ctx: &mut Ctx<'_>) -> Result<Vec<Throughput>> {
 
 /// Whether the handler's Python runs at all; a note says why not.
 async fn python_runs(ctx: &mut Ctx<'_>) -> bool {
-    let python = ctx.opts.python_bin.clone();
-    let status = Command::new(&python)
-        .args(["-c", ""])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    let why = match status {
-        Ok(s) if s.success() => return true,
-        Ok(s) => format!("it exits with {s}"),
-        Err(e) => e.to_string(),
+    let Err(why) = python_check(ctx, "pass").await else {
+        return true;
     };
     ctx.notes.push(format!(
-        "`streambus consume --pipe` (Python handler) skipped: {python}: {why}"
+        "`streambus consume --pipe` (Python handler) skipped: {}: {why}",
+        ctx.opts.python_bin
     ));
     false
 }
@@ -291,13 +282,8 @@ async fn count_lines(out: Option<ChildStdout>, lines: &AtomicU64) -> std::io::Re
 async fn all_acked(ctx: &mut Ctx<'_>, stream: &str, what: &str) -> Result<()> {
     let dead_letter = streambus::keys::dead_letter(stream);
     ctx.keys.push(dead_letter.clone());
+    let pending = pending(ctx, stream, GROUP).await?;
     let mut conn = ctx.client.connect().await?;
-    let (pending, _, _, _): (u64, redis::Value, redis::Value, redis::Value) =
-        redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(GROUP)
-            .query_async(&mut conn)
-            .await?;
     let dead: u64 = redis::cmd("XLEN")
         .arg(&dead_letter)
         .query_async(&mut conn)

@@ -253,6 +253,35 @@ async fn producer(ctx: &Ctx<'_>) -> streambus::Result<Producer> {
     Producer::new(&ctx.client, ctx.opts.producer.clone()).await
 }
 
+/// Runs `python -c code` with the bench's Python: `Err` says why it did not
+/// succeed (the phase that needs it is then skipped with a note).
+async fn python_check(ctx: &Ctx<'_>, code: &str) -> std::result::Result<(), String> {
+    let status = tokio::process::Command::new(&ctx.opts.python_bin)
+        .args(["-c", code])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("`{code}` exits with {s}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How many entries `group` has pending on `stream`.
+async fn pending(ctx: &Ctx<'_>, stream: &str, group: &str) -> Result<u64> {
+    let mut conn = ctx.client.connect().await?;
+    let (pending, _, _, _): (u64, redis::Value, redis::Value, redis::Value) =
+        redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .query_async(&mut conn)
+            .await?;
+    Ok(pending)
+}
+
 /// Fills a stream with exactly `n` messages (not timed), for a consume phase.
 async fn fill(ctx: &mut Ctx<'_>, name: &str, n: u64) -> Result<String> {
     let stream = ctx.key(name);

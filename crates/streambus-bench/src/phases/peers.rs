@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{fill, throughput_row, Ctx};
+use super::{fill, pending, python_check, throughput_row, Ctx};
 use crate::noop::LIMIT;
 use crate::payload::{self, now_ns};
 use crate::{Error, Result, Throughput};
@@ -171,7 +171,7 @@ async fn consumer(ctx: &mut Ctx<'_>, peer: &Peer, dir: &Path) -> Result<Throughp
     let stream = fill(ctx, peer.key, n).await?;
     let args = [stream.clone(), GROUP.to_owned(), n.to_string()];
     let (elapsed, count) = run_peer(ctx, peer, dir, &args).await?;
-    let pending = pending(ctx, &stream).await?;
+    let pending = pending(ctx, &stream, GROUP).await?;
     if count != n || pending != 0 {
         return Err(Error::new(format!(
             "read {count} entries of {n}, and left {pending} pending"
@@ -186,23 +186,17 @@ fn row(ctx: &Ctx<'_>, peer: &Peer, n: u64, elapsed: Duration) -> Throughput {
 
 /// Whether the Python imports the peer's module; a note says why not.
 async fn imports(ctx: &mut Ctx<'_>, peer: &Peer) -> bool {
-    let python = ctx.opts.python_bin.clone();
-    let out = Command::new(&python)
-        .args(["-c", &format!("import {}", peer.module)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    let why = match out {
-        Ok(s) if s.success() => return true,
-        Ok(_) => format!("it cannot import {}", peer.module),
-        Err(e) => e.to_string(),
+    let Err(why) = python_check(ctx, &format!("import {}", peer.module)).await else {
+        return true;
     };
-    ctx.notes.push(format!(
-        "peer \"{}\" skipped: {python}: {why} (pip install {}; `streambus bench --python` picks the Python)",
-        peer.name, peer.package
-    ));
+    let note = format!(
+        "peer \"{}\" skipped: {}: {why} (pip install {}; `streambus bench --python` picks the Python)",
+        peer.name, ctx.opts.python_bin, peer.package
+    );
+    // Once, not once per round.
+    if !ctx.notes.contains(&note) {
+        ctx.notes.push(note);
+    }
     false
 }
 
@@ -245,16 +239,4 @@ async fn run_peer(
             String::from_utf8_lossy(&out.stderr).trim()
         ))),
     }
-}
-
-/// How many entries the peers' group has pending on `stream`.
-async fn pending(ctx: &Ctx<'_>, stream: &str) -> Result<u64> {
-    let mut conn = ctx.client.connect().await?;
-    let (pending, _, _, _): (u64, redis::Value, redis::Value, redis::Value) =
-        redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(GROUP)
-            .query_async(&mut conn)
-            .await?;
-    Ok(pending)
 }
