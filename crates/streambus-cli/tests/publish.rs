@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::data::{data_n, numbered, numbered_with_blanks, xlen};
-use common::{exit_within, fails, json_lines, ok, run, run_with, sb_redis, text};
+use common::{exit_within, fails, json_lines, ok, run, run_with, sb_redis, sigterm, text};
 use streambus_testkit::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -68,21 +68,25 @@ fn publish_stdin_streams_many_lines() {
     assert_eq!(last[0]["entry_id"], *ids.last().unwrap());
 }
 
-/// A line that arrives alone, with stdin left open, is published and its id
-/// printed at once: stdin is read ahead, but a chunk never waits for more.
-#[test]
-fn publish_stdin_sends_a_line_as_it_comes_while_stdin_stays_open() {
-    use std::io::{BufRead, Write};
+/// `streambus publish s` with stdin and stdout piped: its stdin, and its
+/// stdout's lines as they come (read by a thread).
+fn publish_open_stdin(
+    server: &RedisServer,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
     use std::process::Stdio;
 
-    let server = RedisServer::start();
-    let mut child = publish_command(&server, &[])
+    let mut child = publish_command(server, &[])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let stdin = child.stdin.take().unwrap();
     let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let (tx, printed) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -93,18 +97,68 @@ fn publish_stdin_sends_a_line_as_it_comes_while_stdin_stays_open() {
             }
         }
     });
-    for n in 0..3 {
+    (child, stdin, printed)
+}
+
+/// Writes `{"n":N}` for each n, one at a time, and waits for each one's id.
+fn publish_one_by_one(
+    server: &RedisServer,
+    stdin: &mut std::process::ChildStdin,
+    printed: &std::sync::mpsc::Receiver<String>,
+    ns: std::ops::Range<u64>,
+) {
+    use std::io::Write;
+    for n in ns {
         writeln!(stdin, r#"{{"n":{n}}}"#).unwrap();
         stdin.flush().unwrap();
         let id = printed
             .recv_timeout(DEADLINE)
             .unwrap_or_else(|_| panic!("no id printed for line {} within {DEADLINE:?}", n + 1));
         assert!(id.contains('-'), "{id}");
-        assert_eq!(xlen(&server, "s"), n + 1);
+        assert_eq!(xlen(server, "s"), n + 1);
     }
+}
+
+/// A line that arrives alone, with stdin left open, is published and its id
+/// printed at once: stdin is read ahead, but a chunk never waits for more.
+#[test]
+fn publish_stdin_sends_a_line_as_it_comes_while_stdin_stays_open() {
+    let server = RedisServer::start();
+    let (mut child, mut stdin, printed) = publish_open_stdin(&server);
+    publish_one_by_one(&server, &mut stdin, &printed, 0..3);
     drop(stdin);
     let status = exit_within(&mut child, DEADLINE).expect("still running after stdin closed");
     assert!(status.success());
+}
+
+/// On SIGTERM, with stdin still open and a line half written: the lines read
+/// are published, the cut one is not, stderr says through which line, exit 0.
+#[test]
+fn publish_stdin_stops_on_sigterm_after_the_lines_it_read() {
+    use std::io::{Read, Write};
+
+    let server = RedisServer::start();
+    let (mut child, mut stdin, printed) = publish_open_stdin(&server);
+    publish_one_by_one(&server, &mut stdin, &printed, 0..3);
+    stdin.write_all(br#"{"n":"#).unwrap();
+    stdin.flush().unwrap();
+    sigterm(&child);
+    let status = exit_within(&mut child, DEADLINE).expect("still running after SIGTERM");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(
+        err.contains("stopped by a signal: 3 messages published, through line 3"),
+        "{err}"
+    );
+    assert_eq!(xlen(&server, "s"), 3);
+    assert!(printed.try_recv().is_err(), "an id for the cut line");
+    drop(stdin);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use streambus::partition::PartitionedProducer;
 use streambus::{Client, EntryId, Message, Producer, ProducerOptions, Retention};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
 
 use self::deliver::{Anchor, Delivery, Line, Throttle};
 use self::report::Report;
@@ -148,7 +149,8 @@ pub async fn run(client: &Client, args: PublishArgs, topology: Option<&Topology>
     };
     let stdin = ReadAhead::stdin();
     let limit = args.max_message_bytes;
-    publish_lines(&mut delivery, limit, stdin, &envelope, &mut out).await
+    let (stop, _signals) = crate::shutdown::on_signal();
+    publish_lines(&mut delivery, limit, stdin, &envelope, &mut out, &stop).await
 }
 
 /// Where the messages go: one stream, or the partitions of a logical stream.
@@ -191,16 +193,22 @@ impl Target<'_> {
 /// is away, retried: see [`deliver`]); stdin is read no further than
 /// [`stdin`]'s bounded read-ahead until it is done, so memory stays bounded
 /// and the program feeding stdin waits, rather than dying of SIGPIPE.
+///
+/// On SIGINT or SIGTERM (`stop`) it reads stdin no further, publishes the
+/// complete lines it had read, says on stderr through which line, and
+/// returns `Ok`. A second signal exits at once (see [`crate::shutdown`]).
 async fn publish_lines(
     delivery: &mut Delivery<'_>,
     limit: usize,
     mut input: ReadAhead,
     envelope: &dyn Fn(String) -> Result<Message>,
     out: &mut Lines,
+    stop: &CancellationToken,
 ) -> Result<()> {
     let mut line_no = 0u64;
     let mut published = 0u64;
-    let mut chunk = read_chunk(&mut input, &mut line_no, limit, envelope).await;
+    let mut last_line = 0u64;
+    let mut chunk = read_chunk(&mut input, &mut line_no, limit, envelope, stop).await;
     loop {
         let Chunk {
             lines,
@@ -217,12 +225,13 @@ async fn publish_lines(
         };
         let done = bad_line.is_some() || lines.is_empty();
         let count = lines.len() as u64;
+        let chunk_end = lines.last().map(|l| l.no);
         let send = delivery.chunk(lines, &text, out);
         let next = async {
             if done {
                 None
             } else {
-                Some(read_chunk(&mut input, &mut line_no, limit, envelope).await)
+                Some(read_chunk(&mut input, &mut line_no, limit, envelope, stop).await)
             }
         };
         tokio::pin!(send, next);
@@ -241,6 +250,7 @@ async fn publish_lines(
             None => next.await,
         };
         published += count;
+        last_line = chunk_end.unwrap_or(last_line);
         if let Some((n, e)) = bad_line {
             return Err(e.context(format!(
                 "line {n} ({} before it published)",
@@ -249,7 +259,15 @@ async fn publish_lines(
         }
         match next {
             Some(c) => chunk = c,
-            None => return Ok(()),
+            None => {
+                if stop.is_cancelled() {
+                    eprintln!(
+                        "stopped by a signal: {} published, through line {last_line} of the input; nothing after it was published",
+                        count_messages(published)
+                    );
+                }
+                return Ok(());
+            }
         }
     }
 }
@@ -267,14 +285,17 @@ struct Chunk {
 }
 
 /// Reads one line (waiting for it if needed), then every further line that has
-/// already been read from stdin, up to [`CHUNK_LINES`] or [`CHUNK_BYTES`]. An empty chunk means end of
-/// input. Lines longer than the size limit are refused without being held in
-/// memory whole.
+/// already been read from stdin, up to [`CHUNK_LINES`] or [`CHUNK_BYTES`]. An
+/// empty chunk means end of input. Lines longer than the size limit are
+/// refused without being held in memory whole. Once `stop` is cancelled, stdin
+/// is read no further: the input ends with the last complete line read (a
+/// line cut by the stop is not published).
 async fn read_chunk(
     input: &mut ReadAhead,
     line_no: &mut u64,
     limit: usize,
     envelope: &dyn Fn(String) -> Result<Message>,
+    stop: &CancellationToken,
 ) -> Result<Chunk> {
     let mut chunk = Chunk {
         lines: Vec::new(),
@@ -290,11 +311,35 @@ async fn read_chunk(
         buf.clear();
         // A valid line is at most `limit` bytes plus "\r\n".
         let max = limit as u64 + 2;
-        let n = (&mut *input)
-            .take(max + 1)
-            .read_until(b'\n', &mut buf)
-            .await?;
-        if n == 0 {
+        loop {
+            if stop.is_cancelled() && !input.is_stopped() {
+                input.stop();
+            }
+            let stopped = input.is_stopped();
+            let left = (max + 1).saturating_sub(buf.len() as u64);
+            // `read_until` keeps what it read in `buf` when it is cancelled
+            // (tokio's docs): reading on after the stop continues the line.
+            let read = {
+                let mut limited = (&mut *input).take(left);
+                tokio::select! {
+                    biased;
+                    n = limited.read_until(b'\n', &mut buf) => Some(n),
+                    () = stop.cancelled(), if !stopped => None,
+                }
+            };
+            match read {
+                Some(n) => {
+                    n?;
+                    break;
+                }
+                None => input.stop(),
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        if input.is_stopped() && buf.last() != Some(&b'\n') {
+            // Cut by the stop: the rest of it was never read.
             break;
         }
         *line_no += 1;

@@ -28,6 +28,8 @@ pub(super) struct ReadAhead {
     blocks: mpsc::Receiver<io::Result<Vec<u8>>>,
     block: Vec<u8>,
     at: usize,
+    /// Set by [`ReadAhead::stop`]: the blocks read so far are the end.
+    stopped: bool,
 }
 
 impl ReadAhead {
@@ -73,7 +75,22 @@ impl ReadAhead {
             blocks,
             block: Vec::new(),
             at: 0,
+            stopped: false,
         }
+    }
+
+    /// Reads no further: what was read before is still given, then the end
+    /// of input. (A read the thread is in the middle of is lost; the caller
+    /// says where the input it published ends.)
+    pub fn stop(&mut self) {
+        self.blocks.close();
+        self.stopped = true;
+    }
+
+    /// Whether [`ReadAhead::stop`] was called: an end of input is then the
+    /// stop, and a last line without its newline was cut by it.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Whether more bytes can be had without waiting: what is left of the
@@ -146,6 +163,34 @@ mod tests {
         }
         assert_eq!(got.len(), text.len());
         assert!(got == text);
+    }
+
+    #[tokio::test]
+    async fn after_a_stop_what_was_read_is_given_then_the_end() {
+        let (mut writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut input = ReadAhead::of(reader);
+        std::io::Write::write_all(&mut writer, b"one\ntw").unwrap();
+        let mut line = Vec::new();
+        input.read_until(b'\n', &mut line).await.unwrap();
+        assert_eq!(line, b"one\n");
+        // What was read before the stop ("tw") is still there, then the end,
+        // though the writer is still open.
+        let read = async {
+            while !input.has_ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("the reading thread never passed on \"tw\"");
+        input.stop();
+        assert!(input.is_stopped());
+        line.clear();
+        input.read_until(b'\n', &mut line).await.unwrap();
+        assert_eq!(line, b"tw");
+        line.clear();
+        assert_eq!(input.read_until(b'\n', &mut line).await.unwrap(), 0);
+        drop(writer);
     }
 
     #[tokio::test]
