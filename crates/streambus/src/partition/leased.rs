@@ -14,7 +14,9 @@
 //!    releases its lease as soon as its in-flight entries are acknowledged);
 //! 5. tries `SET NX PX` on the leases of partitions in its share that it
 //!    does not hold: one that is held by another member (still draining, or
-//!    crashed and not yet expired) is tried again next time.
+//!    crashed and not yet expired) is tried again from 100 ms later, at
+//!    doubling intervals up to `renew_interval` (a handover is taken within
+//!    moments of its release).
 //!
 //! A partition's worker, once its lease is taken, first creates the group,
 //! then takes over every pending entry of the partition (the old owner's) in
@@ -49,7 +51,7 @@ use crate::worker::{Worker, WorkerOptions, WorkerReport};
 /// (a Redis failover takes a few seconds) before the lease is lost. Handlers
 /// shorter than `lease_time - renew_interval` (7 s) never overlap with a new
 /// owner unless their process is paused or cut off from Redis meanwhile (see
-/// docs/leases.md for the exact bound).
+/// the README, "Leased membership", for the exact bound).
 #[derive(Clone, Debug)]
 pub struct LeaseOptions {
     /// How long a lease (and a member's entry in the registry) lasts without
@@ -57,7 +59,10 @@ pub struct LeaseOptions {
     /// one `renew_interval`) for a new owner.
     pub lease_time: Duration,
     /// How often leases are renewed and the live members looked at: also how
-    /// soon partitions move after a member joins or leaves gracefully.
+    /// soon partitions move after a member joins or leaves gracefully (the
+    /// old owner sees the change at its next renewal, drains and releases; the
+    /// new one, which tries again from 100 ms after finding the lease held,
+    /// takes it within moments of the release).
     pub renew_interval: Duration,
 }
 
@@ -148,14 +153,22 @@ pub(super) async fn run<H: Handler>(
     let mut fatal: Option<Error> = None;
     let mut stopping = false;
     let mut next_tick = Instant::now();
+    // Partitions of this member's share that another member still held at
+    // the last try (draining them to hand them over, or crashed), and when
+    // to try them again: soon, and less often the longer it takes.
+    let mut waiting: Vec<usize> = Vec::new();
+    let mut retry_in = HANDOVER_FIRST_RETRY;
+    let mut next_retry: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next_tick) => {}
+            _ = tokio::time::sleep_until(next_retry.unwrap_or(next_tick)), if next_retry.is_some() => {}
             _ = member.done.notified() => {}
             _ = shutdown.cancelled(), if !stopping => {}
         }
         if shutdown.is_cancelled() && !stopping {
             stopping = true;
+            next_retry = None;
             for h in held.values() {
                 h.stop.cancel();
             }
@@ -188,7 +201,15 @@ pub(super) async fn run<H: Handler>(
             // Woken early (a partition ended, or the shutdown): its lease was
             // given back; the next turn takes it again if it is still ours.
             // Not at once: a partition whose worker keeps failing to start
-            // is then retried once per turn, not in a tight loop.
+            // is then retried once per turn, not in a tight loop. Only the
+            // partitions another member held are tried between turns: a
+            // handover then takes about the old owner's drain, not up to a
+            // whole `renew_interval` more.
+            if !stopping && next_retry.is_some_and(|t| t <= Instant::now()) {
+                waiting = take_leases(&member, &w.partitions, &mut held, &waiting).await;
+                retry_in = (retry_in * 2).min(member.lease.renew_interval);
+                next_retry = (!waiting.is_empty()).then(|| Instant::now() + retry_in);
+            }
             continue;
         }
         next_tick = Instant::now() + member.lease.renew_interval;
@@ -225,44 +246,9 @@ pub(super) async fn run<H: Handler>(
                 h.stop.cancel();
             }
         }
-        for p in share {
-            if held.contains_key(&p) {
-                continue;
-            }
-            let key = w.partitions.keys()[p].clone();
-            let lease_key = keys::partition_lease(&key, &member.group);
-            let sent = std::time::Instant::now();
-            let mut c = member.conn.clone();
-            match lease::acquire(&mut c, &lease_key, &member.token, member.lease.lease_time).await {
-                Ok(true) => {
-                    let fence = Arc::new(Fence::new(
-                        lease_key,
-                        member.token.clone(),
-                        member.lease.lease_time,
-                        sent,
-                    ));
-                    info!(partition = p, "took the partition's lease");
-                    let stop = CancellationToken::new();
-                    let task = tokio::spawn(run_partition(
-                        member.clone(),
-                        key,
-                        fence.clone(),
-                        stop.clone(),
-                    ));
-                    held.insert(
-                        p,
-                        Held {
-                            fence,
-                            stop,
-                            task: AbortOnDropHandle::new(task),
-                        },
-                    );
-                }
-                // Held by another member: it hands it over, or it expires.
-                Ok(false) => {}
-                Err(e) => warn!(partition = p, error = %e, "cannot take the lease"),
-            }
-        }
+        waiting = take_leases(&member, &w.partitions, &mut held, &share).await;
+        retry_in = HANDOVER_FIRST_RETRY.min(member.lease.renew_interval);
+        next_retry = (!waiting.is_empty()).then(|| Instant::now() + retry_in);
     }
     // Leave the registry at once, so that the others take over now.
     let mut c = member.conn.clone();
@@ -282,6 +268,63 @@ pub(super) async fn run<H: Handler>(
         Some(e) => Err(e),
         None => Ok(total),
     }
+}
+
+/// First pause before trying again the leases of this member's share that
+/// another member held; doubled per try, up to `renew_interval`. A graceful
+/// handover (the old owner drains, then releases) is then noticed within
+/// about this long of the release.
+const HANDOVER_FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Tries to take the leases of the partitions of `wanted` that this member
+/// does not hold, starting a worker for each one taken; returns those that
+/// another member still holds.
+async fn take_leases<H: Handler>(
+    member: &Arc<Member<H>>,
+    partitions: &super::Partitions,
+    held: &mut BTreeMap<usize, Held>,
+    wanted: &[usize],
+) -> Vec<usize> {
+    let mut still_held = Vec::new();
+    for &p in wanted {
+        if held.contains_key(&p) {
+            continue;
+        }
+        let key = partitions.keys()[p].clone();
+        let lease_key = keys::partition_lease(&key, &member.group);
+        let sent = std::time::Instant::now();
+        let mut c = member.conn.clone();
+        match lease::acquire(&mut c, &lease_key, &member.token, member.lease.lease_time).await {
+            Ok(true) => {
+                let fence = Arc::new(Fence::new(
+                    lease_key,
+                    member.token.clone(),
+                    member.lease.lease_time,
+                    sent,
+                ));
+                info!(partition = p, "took the partition's lease");
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(run_partition(
+                    member.clone(),
+                    key,
+                    fence.clone(),
+                    stop.clone(),
+                ));
+                held.insert(
+                    p,
+                    Held {
+                        fence,
+                        stop,
+                        task: AbortOnDropHandle::new(task),
+                    },
+                );
+            }
+            // Held by another member: it hands it over, or it expires.
+            Ok(false) => still_held.push(p),
+            Err(e) => warn!(partition = p, error = %e, "cannot take the lease"),
+        }
+    }
+    still_held
 }
 
 /// Errors no retry mends: bad settings or credentials.
