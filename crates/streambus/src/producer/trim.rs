@@ -48,6 +48,12 @@ pub(super) struct Trimmer {
     wake: Notify,
     /// A failure was logged as a warning (later ones go to debug).
     warned: AtomicBool,
+    /// Held while streams are taken off the due list and trimmed, by the
+    /// task and by [`Trimmer::trim_if_due`]: a `publish_batch` that returns
+    /// finds its stream trimmed (or the failure said) even when the task took
+    /// the run first. (Without it a short-lived publisher could exit while
+    /// the task's run was under way: neither trimmed nor a warning.)
+    running: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -74,6 +80,7 @@ impl Trimmer {
             streams: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             warned: AtomicBool::new(false),
+            running: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -104,6 +111,7 @@ impl Trimmer {
                 _ = self.wake.notified() => false,
                 _ = tokio::time::sleep(RETRY_EVERY) => true,
             };
+            let _running = self.running.lock().await;
             let due: Vec<Arc<str>> = {
                 let mut streams = self.lock();
                 streams
@@ -125,6 +133,8 @@ impl Trimmer {
     /// once its stream is trimmed, so that a short-lived publisher leaves it
     /// trimmed too).
     pub(super) async fn trim_if_due(&self, stream: &Arc<str>) {
+        // After a run of the task that is under way, if any.
+        let _running = self.running.lock().await;
         let due = match self.lock().get_mut(stream) {
             Some(d) if d.since >= self.every => {
                 d.since = 0;
