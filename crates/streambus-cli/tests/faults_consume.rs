@@ -149,11 +149,12 @@ fn consume_retries_an_ack_lost_in_a_black_hole_without_printing_twice() {
     // Held in its write: a batch stays delivered and unacknowledged (and the
     // next one, read ahead while it was being printed).
     let held = held_pending(&s, stream);
+    let accepted = s.proxy.connections_accepted();
     s.proxy.black_hole();
-    let cut = Instant::now();
     run.paused.store(false, Ordering::Relaxed);
     published.extend(add_big(&s.redis, stream, 100, 50));
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed()));
+    // Until consume has given up silent connections and dialed anew twice.
+    s.wait_for_dials(accepted, 2, "two dials into the black hole");
     let before_heal = run.count();
     assert_eq!(
         pending(&s.redis, stream, "g"),
@@ -165,7 +166,9 @@ fn consume_retries_an_ack_lost_in_a_black_hole_without_printing_twice() {
 
     let recovery = run.recovered_after(healed, before_heal + 1, "the first entry after heal");
     let out = run.exit();
-    eprintln!("consume, ack lost in a black hole of 3 s: first entry {recovery:?} after heal");
+    eprintln!(
+        "consume, ack lost in a black hole until two redials: first entry {recovery:?} after heal"
+    );
     assert_consumed_once(&s, stream, &out, &published);
     assert_outage_noted(&out.stderr);
     assert!(
@@ -220,19 +223,21 @@ fn consume_through_a_reset_storm_prints_every_entry_once() {
     let run = consume(&s.proxy.url(), stream, 200, &[]);
     run.wait_lines(50, "the entries before the fault");
 
-    // A reset every 500 ms for 3 s, entries arriving all the while.
+    // Six resets, each once consume has reconnected since the one before,
+    // entries arriving all the while.
     let mut last_reset = Instant::now();
     for i in 0..6 {
+        let accepted = s.proxy.connections_accepted();
         s.proxy.reset_all();
         last_reset = Instant::now();
         published.extend(add(&s.redis, stream, 50 + i * 20, 20));
-        std::thread::sleep(Duration::from_millis(500).saturating_sub(last_reset.elapsed()));
+        s.wait_for_dials(accepted, 1, "a reconnect after the reset");
     }
     published.extend(add(&s.redis, stream, 170, 30));
 
     let recovery = run.recovered_after(last_reset, 200, "every entry");
     eprintln!(
-        "consume, reset storm (6 resets 500 ms apart): first entry {recovery:?} after the last reset"
+        "consume, reset storm (6 resets, each after a reconnect): first entry {recovery:?} after the last reset"
     );
     assert!(recovery <= RECOVERY, "recovered after {recovery:?}");
     let out = run.exit();
@@ -288,9 +293,9 @@ fn consume_through_latency_spikes_neither_reconnects_nor_duplicates() {
     let accepted = s.proxy.connections_accepted();
 
     s.proxy.latency(Duration::from_secs(1));
-    let start = Instant::now();
     published.extend(add(&s.redis, stream, 50, 50));
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(start.elapsed()));
+    // Until entries have come through the latency (round trips of 2 s).
+    run.wait_lines(51, "an entry through the latency");
     s.proxy.pass_through();
     let healed = Instant::now();
     published.extend(add(&s.redis, stream, 100, 50));

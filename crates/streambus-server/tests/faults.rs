@@ -289,10 +289,15 @@ async fn relay_resumes_after_redis_is_killed_and_restarted_with_aof() {
     let publishing = publisher(&rig.redis, &rig.stream, stop.clone());
     received_at_least(&c, 20, CATCH_UP).await;
 
+    let accepted = rig.proxy.connections_accepted();
     rig.redis.kill();
-    // Down for a second (the fault's length), then restarted from the AOF;
+    // Down until the relay has tried to reconnect twice (the proxy accepts,
+    // finds no Redis behind it and closes), then restarted from the AOF;
     // `restart` returns once it answers PING.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(CATCH_UP, "two dials while Redis is down", || {
+        std::future::ready(rig.proxy.connections_accepted() >= accepted + 2)
+    })
+    .await;
     tokio::task::block_in_place(|| rig.redis.restart());
     let restarted = Instant::now();
     // The producer waited while Redis was down: no backlog to time.
@@ -317,9 +322,13 @@ async fn relay_survives_a_reset_storm_without_gap_or_duplicate() {
 
     let before = rig.proxy.connections_accepted();
     for _ in 0..6 {
-        // The storm's rhythm: RST every connection every 500 ms for 3 s.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Six resets, each once the relay has reconnected since the one before.
+        let accepted = rig.proxy.connections_accepted();
         rig.proxy.reset_all();
+        wait_for(CATCH_UP, "a reconnect after the reset", || {
+            std::future::ready(rig.proxy.connections_accepted() > accepted)
+        })
+        .await;
     }
     let last_reset = Instant::now();
     let backlog_last = rig.newest();
